@@ -1,0 +1,153 @@
+//! `dskd-train`: trains the DSKD students on good images and writes a model bundle.
+//!
+//! Exit codes: 0 bundle written, 2 error (the message names the file and the problem).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::Parser;
+use dskd::train::{bundle_writer, trainer};
+
+/// Train the DSKD students (or the S-T baseline) and write a model bundle.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Folder of good images (recursively); every 10th, in sorted order, is held out.
+    #[arg(long, conflicts_with = "split", required_unless_present = "split")]
+    data: Option<PathBuf>,
+    /// Split file (`role<TAB>path`): `train` fits, `val` holds out, `test` is ignored.
+    #[arg(long)]
+    split: Option<PathBuf>,
+    /// Teacher architecture (only mobilenet_v2 is implemented).
+    #[arg(long, default_value = "mobilenet_v2")]
+    teacher: String,
+    /// Teacher weights (.safetensors, torchvision key layout).
+    #[arg(long, default_value = "models/teachers/mobilenet_v2/mobilenet_v2-imagenet-features.safetensors")]
+    teacher_weights: PathBuf,
+    /// Output bundle directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Checkpoint directory [default: <out>.checkpoints].
+    #[arg(long)]
+    checkpoints: Option<PathBuf>,
+    /// Square input size (multiple of 32).
+    #[arg(long, default_value_t = 256)]
+    size: u32,
+    #[arg(long, default_value_t = 200)]
+    epochs: usize,
+    /// Stop after this many optimiser steps in all.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Use only the first N training images.
+    #[arg(long)]
+    max_train_images: Option<usize>,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[arg(long, default_value_t = 0.005)]
+    lr: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// `dual` = DSKD (Se and Sd); `se` = the vanilla S-T baseline (STFPM).
+    #[arg(long, default_value = "dual", value_parser = ["dual", "se"])]
+    students: String,
+    /// Weight of the optional Se–Sd agreement term in the loss (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    se_sd_weight: f32,
+    /// Continue from `<checkpoints>/last.bpk` (weights; the Adam state restarts).
+    #[arg(long)]
+    resume: bool,
+    /// Target false-alarm rate on normal images for the threshold.
+    #[arg(long, default_value_t = 0.01)]
+    false_alarm_rate: f64,
+    /// Number of golden parity samples in the bundle.
+    #[arg(long, default_value_t = 3)]
+    golden: usize,
+    /// Training images used for int8 activation ranges.
+    #[arg(long, default_value_t = 16)]
+    calibration_images: usize,
+    /// Held-out fraction when --data is a folder.
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    /// `cpu` (burn flex) or `cuda` (build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn device(name: &str) -> Result<burn::tensor::Device> {
+    match name {
+        "cpu" => Ok(burn::tensor::Device::flex()),
+        #[cfg(feature = "cuda")]
+        "cuda" => Ok(burn::tensor::Device::cuda(0)),
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => bail!("--device cuda needs a build with `--features cuda`"),
+        other => bail!("unknown --device `{other}` (cpu or cuda)"),
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    if args.teacher != "mobilenet_v2" {
+        bail!("--teacher {}: only mobilenet_v2 is implemented in this build", args.teacher);
+    }
+    let data = match (args.data, args.split) {
+        (Some(d), _) => trainer::DataSource::Folder(d),
+        (None, Some(s)) => trainer::DataSource::Split(s),
+        (None, None) => bail!("give --data DIR or --split FILE"),
+    };
+    let checkpoints = args.checkpoints.unwrap_or_else(|| args.out.with_extension("checkpoints"));
+    let opts = trainer::TrainOptions {
+        data,
+        teacher_weights: args.teacher_weights,
+        out: args.out,
+        checkpoints,
+        size: args.size,
+        epochs: args.epochs,
+        max_steps: args.max_steps,
+        max_train_images: args.max_train_images,
+        batch: args.batch.max(1),
+        lr: args.lr,
+        seed: args.seed,
+        dual: args.students == "dual",
+        se_sd_weight: args.se_sd_weight,
+        resume: args.resume,
+        false_alarm_rate: args.false_alarm_rate,
+        golden: args.golden,
+        calibration_images: args.calibration_images,
+        val_fraction: args.val_fraction,
+        device: device(&args.device)?,
+        device_name: args.device,
+        progress: !args.quiet,
+    };
+    let trained = trainer::train(&opts)?;
+    let m = bundle_writer::write_bundle(&trained, &opts)?;
+    let t = &m.bundle.training;
+    println!(
+        "bundle {}: {} steps, {} img/s, val loss {}, threshold {:.4} (rate {}), parity f32 {} int8 {}",
+        opts.out.display(),
+        t["steps"],
+        t["images_per_s"],
+        t["best_val_loss"],
+        m.calibration.threshold,
+        m.calibration.target_false_alarm_rate,
+        t["parity_f32_max_error"],
+        t["parity_int8_max_error"],
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dskd-train: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The model bundle: a directory with `bundle.toml` and the files it names.
+//!
+//! ```text
+//! bundle/
+//!   bundle.toml           manifest (this module's `Manifest`), sha256 of every other file
+//!   teacher.onnx          image [1,3,H,W] -> f1, f2, f3 (strides 4, 8, 16)
+//!   student_e.onnx        image -> f1, f2, f3          (encoder-like student Se)
+//!   student_d.onnx        f1, f2, f3 (Se's) -> f1, f2, f3 (DF embedding + decoder Sd)
+//!   *.int8.onnx           the same graphs with int8 QDQ weights and activations
+//!   golden/NN.png         golden images
+//!   golden/NN.map.f32     the trainer's anomaly map for each, little-endian f32 [H*W]
+//! ```
+//!
+//! The trainer does the heavy work; the daemon only hashes, loads and checks (`dskd verify`).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::detector::anomaly_map::{Map, MapSettings};
+use crate::preprocess::InputSpec;
+
+/// The manifest format this build reads and writes.
+pub const FORMAT: u32 = 1;
+/// The manifest's file name inside a bundle directory.
+pub const MANIFEST: &str = "bundle.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub bundle: Info,
+    pub input: InputSpec,
+    pub teacher: Teacher,
+    pub graphs: Graphs,
+    pub map: MapSettings,
+    pub calibration: Calibration,
+    pub golden: Golden,
+    /// sha256 (hex) of every file in the bundle except the manifest, by relative path.
+    pub files: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Info {
+    pub format: u32,
+    pub name: String,
+    pub version: String,
+    /// RFC 3339 time of writing.
+    pub created: String,
+    pub trainer_version: String,
+    /// "dskd" (both students) or "st" (the vanilla S-T baseline: Se only).
+    pub method: String,
+    /// Training summary: what was trained on and how.
+    pub training: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Teacher {
+    pub arch: String,
+    pub taps: Vec<String>,
+    pub channels: Vec<usize>,
+    pub strides: Vec<usize>,
+    pub weights_sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Graphs {
+    /// Input tensor name of the teacher and Se graphs.
+    pub input: String,
+    /// Level tensor names: outputs of every graph, and inputs of `student_d`.
+    pub levels: Vec<String>,
+    pub f32: GraphSet,
+    pub int8: Option<GraphSet>,
+}
+
+/// File names of one precision's graphs; `student_d` is absent for the S-T baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphSet {
+    pub teacher: String,
+    pub student_e: String,
+    pub student_d: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    /// Image score at or above which a frame is a defect.
+    pub threshold: f32,
+    /// The false-alarm rate on normal images the threshold was set for.
+    pub target_false_alarm_rate: f64,
+    /// Map value at or above which a pixel belongs to a defect region.
+    pub pixel_threshold: f32,
+    /// How the tail was fitted ("gumbel": method of moments on held-out normal scores).
+    pub fit: String,
+    pub gumbel_mu: f64,
+    pub gumbel_beta: f64,
+    /// Statistics of the held-out normal scores the fit came from.
+    pub normals: usize,
+    pub normal_mean: f64,
+    pub normal_std: f64,
+    pub normal_max: f64,
+    /// Fraction of the held-out normals at or above the threshold (in-sample check).
+    pub normal_flagged: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Golden {
+    /// Largest allowed |daemon map - trainer map| for the f32 graphs, relative to the
+    /// golden map's peak.
+    pub tolerance_f32: f32,
+    /// Same bound for the int8 graphs, compared against the f32 golden maps.
+    pub tolerance_int8: f32,
+    pub samples: Vec<GoldenSample>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenSample {
+    pub image: String,
+    pub map: String,
+    pub score: f32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a valid bundle manifest: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error("{path}: manifest format {found} is not supported (this build reads format {FORMAT})")]
+    Format { path: PathBuf, found: u32 },
+    #[error("{path}: named by the manifest but not listed in its [files] hashes")]
+    Unlisted { path: PathBuf },
+    #[error("{path}: sha256 mismatch: manifest says {expected}, file has {actual}")]
+    Hash { path: PathBuf, expected: String, actual: String },
+    #[error("{path}: golden map has {found} values, expected {expected} ({width}x{height})")]
+    GoldenSize { path: PathBuf, found: usize, expected: usize, width: u32, height: u32 },
+}
+
+/// A bundle whose manifest parsed and whose files all match their hashes.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Bundle {
+    /// Reads the manifest and checks the sha256 of every file it lists.
+    pub fn open(dir: &Path) -> Result<Self, BundleError> {
+        let manifest = read_manifest(dir)?;
+        let bundle = Self { dir: dir.to_owned(), manifest };
+        bundle.check_files()?;
+        Ok(bundle)
+    }
+
+    /// Absolute path of a file named relative to the bundle.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    fn check_files(&self) -> Result<(), BundleError> {
+        for name in self.referenced_files() {
+            if !self.manifest.files.contains_key(&name) {
+                return Err(BundleError::Unlisted { path: self.path(&name) });
+            }
+        }
+        for (name, expected) in &self.manifest.files {
+            let path = self.path(name);
+            let actual = sha256_file(&path)?;
+            if &actual != expected {
+                return Err(BundleError::Hash { path, expected: expected.clone(), actual });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every file the manifest points at (graphs and golden samples).
+    pub fn referenced_files(&self) -> Vec<String> {
+        let m = &self.manifest;
+        let mut names = Vec::new();
+        for set in std::iter::once(&m.graphs.f32).chain(m.graphs.int8.as_ref()) {
+            names.push(set.teacher.clone());
+            names.push(set.student_e.clone());
+            names.extend(set.student_d.clone());
+        }
+        for s in &m.golden.samples {
+            names.push(s.image.clone());
+            names.push(s.map.clone());
+        }
+        names
+    }
+
+    /// Reads a golden map (`[height, width]` of the input size).
+    pub fn golden_map(&self, sample: &GoldenSample) -> Result<Map, BundleError> {
+        let path = self.path(&sample.map);
+        let bytes = std::fs::read(&path).map_err(|source| BundleError::Io { path: path.clone(), source })?;
+        let (w, h) = (self.manifest.input.width, self.manifest.input.height);
+        let expected = (w * h) as usize;
+        if bytes.len() != expected * 4 {
+            return Err(BundleError::GoldenSize { path, found: bytes.len() / 4, expected, width: w, height: h });
+        }
+        let data = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        Ok(Map { data, height: h as usize, width: w as usize })
+    }
+}
+
+/// Parses `dir/bundle.toml` without checking files.
+pub fn read_manifest(dir: &Path) -> Result<Manifest, BundleError> {
+    let path = dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&path).map_err(|source| BundleError::Io { path: path.clone(), source })?;
+    let manifest: Manifest =
+        toml::from_str(&text).map_err(|e| BundleError::Manifest { path: path.clone(), message: e.to_string() })?;
+    if manifest.bundle.format != FORMAT {
+        return Err(BundleError::Format { path, found: manifest.bundle.format });
+    }
+    manifest.input.validate().map_err(|e| BundleError::Manifest { path, message: e.to_string() })?;
+    Ok(manifest)
+}
+
+/// Hashes every file under `dir` (but the manifest) into `manifest.files` and writes it.
+pub fn write_manifest(dir: &Path, manifest: &mut Manifest) -> Result<(), BundleError> {
+    manifest.files.clear();
+    let bundle = Bundle { dir: dir.to_owned(), manifest: manifest.clone() };
+    for name in bundle.referenced_files() {
+        let hash = sha256_file(&dir.join(&name))?;
+        manifest.files.insert(name, hash);
+    }
+    let path = dir.join(MANIFEST);
+    let text = toml::to_string_pretty(manifest)
+        .map_err(|e| BundleError::Manifest { path: path.clone(), message: e.to_string() })?;
+    std::fs::write(&path, text).map_err(|source| BundleError::Io { path, source })
+}
+
+/// Writes a map as little-endian f32.
+pub fn write_map(path: &Path, map: &Map) -> Result<(), BundleError> {
+    let bytes: Vec<u8> = map.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(path, bytes).map_err(|source| BundleError::Io { path: path.to_owned(), source })
+}
+
+/// sha256 of a file, lowercase hex.
+pub fn sha256_file(path: &Path) -> Result<String, BundleError> {
+    let io = |source| BundleError::Io { path: path.to_owned(), source };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}

@@ -1,0 +1,274 @@
+//! The detector: bundle graphs in tract, frame in, map and verdict out, no other I/O.
+//!
+//! This is the only module that imports tract. At load it pins every graph's input facts from
+//! the manifest, optimises and makes the plans runnable once; a frame then runs the teacher on
+//! one thread while the Se -> Sd chain runs on another (DESIGN.md §8), and the anomaly map is
+//! built from the three sets of features by [`anomaly_map`].
+
+pub mod anomaly_map;
+pub mod verdict;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use image::DynamicImage;
+use serde::Serialize;
+use tract_onnx::prelude::*;
+
+use crate::bundle::{Bundle, BundleError, GraphSet, Manifest};
+use crate::preprocess;
+use anomaly_map::{FeatureMap, Map};
+use verdict::Verdict;
+
+/// Which graphs of a bundle to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    Int8,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DetectorError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("{path}: cannot load ONNX graph: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("{graph}: inference failed: {message}")]
+    Run { graph: String, message: String },
+    #[error("{bundle}: the bundle has no int8 graphs")]
+    NoInt8 { bundle: PathBuf },
+    #[error("{graph}: output {index} has shape {found:?}, the manifest expects {expected:?}")]
+    Shape { graph: String, index: usize, found: Vec<usize>, expected: [usize; 3] },
+}
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// One graph, ready to run, with the file it came from (for error messages).
+struct Graph {
+    name: String,
+    plan: Plan,
+}
+
+/// Milliseconds spent in each stage of one inspection.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub preprocess_ms: f64,
+    pub teacher_ms: f64,
+    pub student_e_ms: f64,
+    pub student_d_ms: f64,
+    /// Wall time of the concurrent T ∥ (Se -> Sd) step.
+    pub networks_ms: f64,
+    pub map_ms: f64,
+    pub total_ms: f64,
+}
+
+/// The full result for one image.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    pub map: Map,
+    pub verdict: Verdict,
+    pub timings: Timings,
+}
+
+/// Loaded plans of one bundle at one precision.
+pub struct Detector {
+    manifest: Arc<Manifest>,
+    precision: Precision,
+    teacher: Graph,
+    student_e: Graph,
+    student_d: Option<Graph>,
+    levels: Vec<[usize; 3]>,
+}
+
+/// `[channels, height, width]` of every pyramid level for this manifest.
+pub fn level_shapes(m: &Manifest) -> Vec<[usize; 3]> {
+    m.teacher
+        .channels
+        .iter()
+        .zip(&m.teacher.strides)
+        .map(|(&c, &s)| [c, m.input.height as usize / s, m.input.width as usize / s])
+        .collect()
+}
+
+/// Loads an ONNX file into a runnable plan with the given input shapes pinned.
+fn load_plan(path: &Path, inputs: &[Vec<usize>]) -> Result<Plan, DetectorError> {
+    let err = |e: TractError| DetectorError::Load { path: path.to_owned(), message: format!("{e:#}") };
+    let mut model = tract_onnx::onnx().model_for_path(path).map_err(err)?;
+    for (i, shape) in inputs.iter().enumerate() {
+        model = model.with_input_fact(i, f32::fact(shape).into()).map_err(err)?;
+    }
+    model.into_optimized().map_err(err)?.into_runnable().map_err(err)
+}
+
+impl Detector {
+    /// Loads the graphs of `precision` from an opened (hash-checked) bundle.
+    pub fn load(bundle: &Bundle, precision: Precision) -> Result<Self, DetectorError> {
+        let m = &bundle.manifest;
+        let set: &GraphSet = match precision {
+            Precision::F32 => &m.graphs.f32,
+            Precision::Int8 => {
+                m.graphs.int8.as_ref().ok_or_else(|| DetectorError::NoInt8 { bundle: bundle.dir.clone() })?
+            }
+        };
+        let image = vec![1, 3, m.input.height as usize, m.input.width as usize];
+        let levels = level_shapes(m);
+        let level_inputs: Vec<Vec<usize>> = levels.iter().map(|l| [&[1][..], &l[..]].concat()).collect();
+        let graph = |file: &str, inputs: &[Vec<usize>]| -> Result<Graph, DetectorError> {
+            Ok(Graph { name: bundle.path(file).display().to_string(), plan: load_plan(&bundle.path(file), inputs)? })
+        };
+        Ok(Self {
+            manifest: Arc::new(m.clone()),
+            precision,
+            teacher: graph(&set.teacher, std::slice::from_ref(&image))?,
+            student_e: graph(&set.student_e, std::slice::from_ref(&image))?,
+            student_d: set.student_d.as_deref().map(|f| graph(f, &level_inputs)).transpose()?,
+            levels,
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Runs one graph; returns its outputs as feature maps checked against the manifest.
+    fn run(&self, g: &Graph, inputs: TVec<TValue>) -> Result<Vec<FeatureMap>, DetectorError> {
+        let outputs =
+            g.plan.run(inputs).map_err(|e| DetectorError::Run { graph: g.name.clone(), message: format!("{e:#}") })?;
+        self.feature_maps(g, &outputs)
+    }
+
+    /// Features of teacher, Se and (if present) Sd for one preprocessed input tensor; the
+    /// teacher runs on its own thread beside the student chain.
+    pub fn features(&self, input: &[f32], t: &mut Timings) -> Result<[Vec<FeatureMap>; 3], DetectorError> {
+        let m = &self.manifest;
+        let shape = [1, 3, m.input.height as usize, m.input.width as usize];
+        let tensor = Tensor::from_shape(&shape, input)
+            .map_err(|e| DetectorError::Run { graph: self.teacher.name.clone(), message: format!("{e:#}") })?;
+        let value: TValue = tensor.into_tvalue();
+        let start = Instant::now();
+        let (teacher, students) = std::thread::scope(|scope| {
+            let v = value.clone();
+            let teacher = scope.spawn(move || {
+                let s = Instant::now();
+                self.run(&self.teacher, tvec![v]).map(|f| (f, ms(s)))
+            });
+            let students = self.student_chain(value, t);
+            (teacher.join().expect("teacher thread panicked"), students)
+        });
+        t.networks_ms = ms(start);
+        let (teacher, teacher_ms) = teacher?;
+        t.teacher_ms = teacher_ms;
+        let (e, d) = students?;
+        Ok([teacher, e, d])
+    }
+
+    /// Se, then Sd on Se's features (empty when the bundle is the S-T baseline).
+    fn student_chain(
+        &self,
+        image: TValue,
+        t: &mut Timings,
+    ) -> Result<(Vec<FeatureMap>, Vec<FeatureMap>), DetectorError> {
+        let s = Instant::now();
+        let err = |e: TractError| DetectorError::Run { graph: self.student_e.name.clone(), message: format!("{e:#}") };
+        let e_out = self.student_e.plan.run(tvec![image]).map_err(err)?;
+        t.student_e_ms = ms(s);
+        let e = self.feature_maps(&self.student_e, &e_out)?;
+        let Some(sd) = &self.student_d else { return Ok((e, Vec::new())) };
+        let s = Instant::now();
+        let d = self.run(sd, e_out.into_iter().collect())?;
+        t.student_d_ms = ms(s);
+        Ok((e, d))
+    }
+
+    /// Graph outputs as feature maps, each checked against the manifest's level shape.
+    fn feature_maps(&self, g: &Graph, outputs: &TVec<TValue>) -> Result<Vec<FeatureMap>, DetectorError> {
+        outputs
+            .iter()
+            .zip(&self.levels)
+            .enumerate()
+            .map(|(index, (t, &expected))| {
+                let shape = t.shape().to_vec();
+                if shape != [1, expected[0], expected[1], expected[2]] {
+                    return Err(DetectorError::Shape { graph: g.name.clone(), index, found: shape, expected });
+                }
+                let view = t
+                    .to_plain_array_view::<f32>()
+                    .map_err(|e| DetectorError::Run { graph: g.name.clone(), message: format!("{e:#}") })?;
+                let [channels, height, width] = expected;
+                Ok(FeatureMap { data: view.iter().copied().collect(), channels, height, width })
+            })
+            .collect()
+    }
+
+    /// The anomaly map and its score for one preprocessed input tensor.
+    pub fn map(&self, input: &[f32], t: &mut Timings) -> Result<(Map, f32), DetectorError> {
+        let [teacher, e, d] = self.features(input, t)?;
+        let s = Instant::now();
+        let students: Vec<&[FeatureMap]> = [&e[..], &d[..]].into_iter().filter(|s| !s.is_empty()).collect();
+        let m = &self.manifest;
+        let map =
+            anomaly_map::anomaly_map(&teacher, &students, &m.map, m.input.height as usize, m.input.width as usize);
+        let score = anomaly_map::score(&map, m.map.score);
+        t.map_ms = ms(s);
+        Ok((map, score))
+    }
+
+    /// Preprocess, networks, map and verdict for one decoded image.
+    pub fn inspect(&self, img: &DynamicImage) -> Result<Inspection, DetectorError> {
+        let start = Instant::now();
+        let mut timings = Timings::default();
+        let input = preprocess::to_tensor(img, &self.manifest.input);
+        timings.preprocess_ms = ms(start);
+        let (map, score) = self.map(&input, &mut timings)?;
+        let c = &self.manifest.calibration;
+        let verdict = verdict::decide(&map, score, c.threshold, c.pixel_threshold, img.width(), img.height());
+        timings.total_ms = ms(start);
+        Ok(Inspection { map, verdict, timings })
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+/// An ONNX graph with chosen tensors as outputs, for looking inside it. The trainer uses it
+/// to collect activation statistics for int8 calibration.
+pub struct Probe {
+    path: PathBuf,
+    shapes: Vec<Vec<usize>>,
+    plan: Plan,
+}
+
+impl Probe {
+    /// Loads `path` with the given input shapes and `outputs` (tensor names) as its outputs.
+    pub fn new(path: &Path, shapes: &[Vec<usize>], outputs: &[String]) -> Result<Self, DetectorError> {
+        let err = |e: TractError| DetectorError::Load { path: path.to_owned(), message: format!("{e:#}") };
+        let mut model = tract_onnx::onnx().model_for_path(path).map_err(err)?;
+        for (i, shape) in shapes.iter().enumerate() {
+            model = model.with_input_fact(i, f32::fact(shape).into()).map_err(err)?;
+        }
+        model.select_outputs_by_name(outputs).map_err(err)?;
+        let plan = model.into_optimized().map_err(err)?.into_runnable().map_err(err)?;
+        Ok(Self { path: path.to_owned(), shapes: shapes.to_vec(), plan })
+    }
+
+    /// Runs once; returns every selected output flattened.
+    pub fn run(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, DetectorError> {
+        let err =
+            |e: TractError| DetectorError::Run { graph: self.path.display().to_string(), message: format!("{e:#}") };
+        let values: TVec<TValue> = inputs
+            .iter()
+            .zip(&self.shapes)
+            .map(|(data, shape)| Tensor::from_shape(shape, data).map(|t| t.into_tvalue()))
+            .collect::<TractResult<_>>()
+            .map_err(err)?;
+        let out = self.plan.run(values).map_err(err)?;
+        out.iter().map(|t| Ok(t.to_plain_array_view::<f32>().map_err(err)?.iter().copied().collect())).collect()
+    }
+}

@@ -1,0 +1,29 @@
+//! dskd: unsupervised visual anomaly detection on production lines with dual-student
+//! knowledge distillation (DSKD).
+//!
+//! # Layout
+//!
+//! The data flow is one-way; each module is named for its step:
+//!
+//! ```text
+//!  image ─► preprocess ─► detector (tract: T ∥ Se→Sd) ─► anomaly_map ─► verdict ─► overlay / JSON
+//!                ▲                    ▲
+//!                │                    └─ bundle (manifest, sha256, golden parity)
+//!  dskd-train ───┘ (feature `train`: burn nets, loss, ONNX export, int8, calibration)
+//! ```
+//!
+//! - [`preprocess`]: the single definition of resize + normalisation (trainer and daemon).
+//! - [`bundle`]: the model bundle on disk: manifest, hashes, golden samples.
+//! - [`detector`]: the only module that runs tract; anomaly maps and verdicts.
+//! - [`synth`]: deterministic procedural images of one surface, with defects and masks.
+//! - [`overlay`]: heatmap overlays people can read.
+//! - `train` (feature `train`): the trainer behind `dskd-train`.
+
+pub mod bundle;
+pub mod detector;
+pub mod overlay;
+pub mod preprocess;
+pub mod synth;
+#[cfg(feature = "train")]
+pub mod train;
+pub mod verify;

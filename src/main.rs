@@ -1,0 +1,212 @@
+//! `dskd`: the edge daemon's command line.
+//!
+//! Exit codes: 0 success; 1 a check failed (`verify` parity); 2 an error (bad input,
+//! unreadable file, corrupt bundle). Errors print once, as one chain, prefixed `dskd:`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use dskd::bundle::Bundle;
+use dskd::detector::{Detector, Precision, Timings};
+use dskd::verify::VerifyError;
+use dskd::{overlay, preprocess, synth};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Unsupervised visual anomaly detection on production lines (DSKD)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a bundle: hashes, every graph loads in tract, golden maps reproduced.
+    Verify { bundle: PathBuf },
+    /// Inspect images: one JSON line each (score, threshold, verdict, regions, timings).
+    Infer {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Run the int8 graphs.
+        #[arg(long)]
+        int8: bool,
+        /// Write heatmap overlays (PNG) into this folder.
+        #[arg(long)]
+        heatmap: Option<PathBuf>,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// Time every stage (median of --runs), f32 and int8.
+    Bench {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Image to time on [default: a synthetic surface image].
+        #[arg(long)]
+        image: Option<PathBuf>,
+    },
+    /// Write a deterministic synthetic data set (MVTec-style folders).
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 256)]
+        size: u32,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Good training images.
+        #[arg(long, default_value_t = 80)]
+        train: u64,
+        /// Good test images.
+        #[arg(long, default_value_t = 12)]
+        test_good: u64,
+        /// Defective test images per kind (scratch, spot, crack).
+        #[arg(long, default_value_t = 4)]
+        test_defect: u64,
+    },
+}
+
+fn verify(dir: &Path) -> Result<ExitCode> {
+    match dskd::verify::verify(dir) {
+        Ok(checks) => {
+            for c in &checks {
+                println!("{}", serde_json::to_string(c)?);
+            }
+            println!("ok: {} verified ({} golden checks)", dir.display(), checks.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ VerifyError::Parity { .. }) => {
+            eprintln!("dskd: {}: {e}", dir.display());
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e).with_context(|| format!("verifying {}", dir.display())),
+    }
+}
+
+fn open(bundle: &Path, int8: bool) -> Result<Detector> {
+    let b = Bundle::open(bundle).with_context(|| format!("opening bundle {}", bundle.display()))?;
+    let p = if int8 { Precision::Int8 } else { Precision::F32 };
+    Ok(Detector::load(&b, p)?)
+}
+
+/// One image: JSON line out, overlay written if asked.
+fn infer_one(det: &Detector, path: &Path, heatmap: Option<&Path>) -> Result<()> {
+    let img = preprocess::load_image(path)?;
+    let r = det.inspect(&img)?;
+    let mut overlay_path = None;
+    if let Some(dir) = heatmap {
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+        let out = dir.join(format!("{stem}.overlay.png"));
+        overlay::render(&img, &r.map, &r.verdict).save(&out).with_context(|| format!("writing {}", out.display()))?;
+        overlay_path = Some(out);
+    }
+    let line = serde_json::json!({
+        "image": path,
+        "score": r.verdict.score,
+        "threshold": r.verdict.threshold,
+        "verdict": if r.verdict.defect { "defect" } else { "ok" },
+        "severity": r.verdict.severity,
+        "regions": r.verdict.regions,
+        "precision": det.precision(),
+        "timings": r.timings,
+        "overlay": overlay_path,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+fn infer(bundle: &Path, int8: bool, heatmap: Option<&Path>, images: &[PathBuf]) -> Result<ExitCode> {
+    let det = open(bundle, int8)?;
+    if let Some(dir) = heatmap {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // A bad image is reported and skipped; the others are still inspected.
+    let mut failed = 0;
+    for path in images {
+        if let Err(e) = infer_one(&det, path, heatmap) {
+            eprintln!("dskd: {e:#}");
+            failed += 1;
+        }
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn bench(bundle: &Path, runs: usize, image: Option<&Path>) -> Result<ExitCode> {
+    let b = Bundle::open(bundle).with_context(|| format!("opening bundle {}", bundle.display()))?;
+    let img = match image {
+        Some(p) => preprocess::load_image(p)?,
+        None => image::DynamicImage::ImageLuma8(synth::normal(1, 0, b.manifest.input.width)),
+    };
+    let runs = runs.max(1);
+    println!(
+        "bundle {} ({}x{}), median of {runs} runs, ms per frame",
+        bundle.display(),
+        b.manifest.input.width,
+        b.manifest.input.height
+    );
+    println!(
+        "{:<6} {:>10} {:>9} {:>9} {:>9} {:>11} {:>8} {:>9} {:>8}",
+        "", "preprocess", "teacher", "student_e", "student_d", "T∥(Se→Sd)", "map", "total", "fps"
+    );
+    let mut precisions = vec![Precision::F32];
+    if b.manifest.graphs.int8.is_some() {
+        precisions.push(Precision::Int8);
+    }
+    for p in precisions {
+        let det = Detector::load(&b, p)?;
+        for _ in 0..2 {
+            det.inspect(&img)?; // warm-up: first runs allocate
+        }
+        let all: Vec<Timings> = (0..runs).map(|_| det.inspect(&img).map(|r| r.timings)).collect::<Result<_, _>>()?;
+        let med = |f: fn(&Timings) -> f64| median(all.iter().map(f).collect());
+        let total = med(|t| t.total_ms);
+        println!(
+            "{:<6} {:>10.2} {:>9.2} {:>9.2} {:>9.2} {:>11.2} {:>8.2} {:>9.2} {:>8.1}",
+            format!("{p:?}").to_lowercase(),
+            med(|t| t.preprocess_ms),
+            med(|t| t.teacher_ms),
+            med(|t| t.student_e_ms),
+            med(|t| t.student_d_ms),
+            med(|t| t.networks_ms),
+            med(|t| t.map_ms),
+            total,
+            1e3 / total
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Verify { bundle } => verify(&bundle),
+        Command::Infer { bundle, int8, heatmap, images } => infer(&bundle, int8, heatmap.as_deref(), &images),
+        Command::Bench { bundle, runs, image } => bench(&bundle, runs, image.as_deref()),
+        Command::Synth { out, size, seed, train, test_good, test_defect } => {
+            let counts = synth::SynthCounts { train, test_good, test_defect };
+            let n =
+                synth::write_dataset(&out, seed, size, counts).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {n} images under {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dskd: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Trained model -> bundle directory, checked against tract before the manifest is written.
+//!
+//! Steps: export f32 graphs -> golden maps from the trainer's own (burn) features, and tract's
+//! maps of the same inputs must match them -> threshold calibrated on held-out normals with
+//! tract's scores (what the daemon will see) -> int8 QDQ graphs from activation ranges on
+//! training images, checked against the same golden maps -> manifest with sha256 of every file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use super::calibrate::calibrate;
+use super::export::{self, INPUT, LEVELS};
+use super::nets::mobilenet_v2::{TAP_CHANNELS, TAP_STRIDES, TAPS};
+use super::onnx::OnnxGraph;
+use super::quantize;
+use super::trainer::{TrainOptions, Trained, burn_features, load_inputs, progress_bar};
+use crate::bundle::{self, Bundle, Calibration, GoldenSample, GraphSet, Graphs, Info, Manifest, Teacher};
+use crate::detector::anomaly_map::{self, FeatureMap, MapSettings};
+use crate::detector::{Detector, Precision, Probe, Timings};
+use crate::preprocess;
+use crate::verify::check_golden;
+
+/// Largest allowed f32 map error relative to the golden peak (burn vs tract, BN folded).
+pub const TOLERANCE_F32: f32 = 1e-3;
+/// Largest allowed int8 map error relative to the f32 golden peak.
+pub const TOLERANCE_INT8: f32 = 0.15;
+
+/// The f32 graphs of a trained model.
+struct Exported {
+    teacher: OnnxGraph,
+    student_e: OnnxGraph,
+    student_d: Option<OnnxGraph>,
+}
+
+fn export(t: &Trained) -> Exported {
+    let (c, s) = (&TAP_CHANNELS[..], &TAP_STRIDES[..]);
+    Exported {
+        teacher: export::mobilenet_graph("teacher", &t.teacher, &t.spec, c, s),
+        student_e: export::mobilenet_graph("student_e", &t.students.se, &t.spec, c, s),
+        student_d: export::student_d_graph(&t.students, &t.spec, c, s),
+    }
+}
+
+fn write_graphs(dir: &Path, g: &Exported, suffix: &str) -> Result<GraphSet> {
+    let write = |graph: &OnnxGraph, name: &str| -> Result<String> {
+        let file = format!("{name}{suffix}.onnx");
+        graph.write(&dir.join(&file)).with_context(|| format!("writing {}", dir.join(&file).display()))?;
+        Ok(file)
+    };
+    Ok(GraphSet {
+        teacher: write(&g.teacher, "teacher")?,
+        student_e: write(&g.student_e, "student_e")?,
+        student_d: g.student_d.as_ref().map(|d| write(d, "student_d")).transpose()?,
+    })
+}
+
+/// A manifest with everything but calibration, int8 graphs and hashes filled in.
+fn draft_manifest(t: &Trained, opts: &TrainOptions, f32_set: GraphSet) -> Result<Manifest> {
+    let weights_sha256 = bundle::sha256_file(&opts.teacher_weights)?;
+    let name = opts.out.file_name().and_then(|n| n.to_str()).unwrap_or("bundle").to_string();
+    let created = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?;
+    let data = match &opts.data {
+        super::trainer::DataSource::Folder(d) => format!("folder {}", d.display()),
+        super::trainer::DataSource::Split(f) => format!("split {}", f.display()),
+    };
+    let training = BTreeMap::from([
+        ("data".to_string(), data),
+        ("train_images".into(), t.train_images.to_string()),
+        ("val_images".into(), t.data.val.len().to_string()),
+        ("epochs".into(), t.epochs.to_string()),
+        ("steps".into(), t.steps.to_string()),
+        ("batch".into(), opts.batch.to_string()),
+        ("lr".into(), opts.lr.to_string()),
+        ("seed".into(), opts.seed.to_string()),
+        ("device".into(), opts.device_name.clone()),
+        ("best_val_loss".into(), format!("{:.6}", t.best_val_loss)),
+        ("images_per_s".into(), format!("{:.2}", t.images_per_s)),
+        ("train_wall_s".into(), format!("{:.1}", t.wall_s)),
+    ]);
+    Ok(Manifest {
+        bundle: Info {
+            format: bundle::FORMAT,
+            name,
+            version: "1".into(),
+            created,
+            trainer_version: env!("CARGO_PKG_VERSION").into(),
+            method: if opts.dual { "dskd" } else { "st" }.into(),
+            training,
+        },
+        input: t.spec.clone(),
+        teacher: Teacher {
+            arch: "mobilenet_v2".into(),
+            taps: TAPS.iter().map(|i| format!("features.{i}")).collect(),
+            channels: TAP_CHANNELS.to_vec(),
+            strides: TAP_STRIDES.to_vec(),
+            weights_sha256,
+        },
+        graphs: Graphs {
+            input: INPUT.into(),
+            levels: LEVELS.iter().map(|s| s.to_string()).collect(),
+            f32: f32_set,
+            int8: None,
+        },
+        map: MapSettings::default(),
+        calibration: Calibration {
+            threshold: f32::INFINITY,
+            target_false_alarm_rate: opts.false_alarm_rate,
+            pixel_threshold: f32::INFINITY,
+            fit: "pending".into(),
+            gumbel_mu: 0.0,
+            gumbel_beta: 0.0,
+            normals: 0,
+            normal_mean: 0.0,
+            normal_std: 0.0,
+            normal_max: 0.0,
+            normal_flagged: 0.0,
+        },
+        golden: bundle::Golden { tolerance_f32: TOLERANCE_F32, tolerance_int8: TOLERANCE_INT8, samples: Vec::new() },
+        files: BTreeMap::new(),
+    })
+}
+
+/// Golden samples: the trainer's own maps of the first held-out normals, saved with the
+/// (input-size) image; tract must reproduce them.
+fn write_golden(dir: &Path, t: &Trained, opts: &TrainOptions, m: &mut Manifest) -> Result<f32> {
+    std::fs::create_dir_all(dir.join("golden"))?;
+    let device = opts.device.clone();
+    for (i, path) in t.data.val.iter().take(opts.golden.max(1)).enumerate() {
+        let img = preprocess::load_image(path)?;
+        let rgb = preprocess::resize_rgb(&img, &t.spec);
+        let input = preprocess::to_tensor(&image::DynamicImage::ImageRgb8(rgb.clone()), &t.spec);
+        let [teacher, e, d] = burn_features(t, &input, &device);
+        let students: Vec<&[FeatureMap]> = [&e[..], &d[..]].into_iter().filter(|s| !s.is_empty()).collect();
+        let (h, w) = (t.spec.height as usize, t.spec.width as usize);
+        let map = anomaly_map::anomaly_map(&teacher, &students, &m.map, h, w);
+        let sample = GoldenSample {
+            image: format!("golden/{i:02}.png"),
+            map: format!("golden/{i:02}.map.f32"),
+            score: anomaly_map::score(&map, m.map.score),
+        };
+        rgb.save(dir.join(&sample.image)).with_context(|| format!("writing {}", dir.join(&sample.image).display()))?;
+        bundle::write_map(&dir.join(&sample.map), &map)?;
+        m.golden.samples.push(sample);
+    }
+    let bundle = Bundle { dir: dir.to_owned(), manifest: m.clone() };
+    let checks = check_golden(&bundle, &Detector::load(&bundle, Precision::F32)?)?;
+    let worst = checks.iter().map(|c| c.map_error).fold(0.0f32, f32::max);
+    if worst > TOLERANCE_F32 {
+        bail!(
+            "exported f32 graphs do not reproduce the trainer's maps: error {worst:.2e} of peak > {TOLERANCE_F32:.0e}"
+        );
+    }
+    Ok(worst)
+}
+
+/// Scores and all map pixels of the held-out normals, through tract.
+fn calibrate_threshold(dir: &Path, t: &Trained, opts: &TrainOptions, m: &Manifest) -> Result<Calibration> {
+    let bundle = Bundle { dir: dir.to_owned(), manifest: m.clone() };
+    let detector = Detector::load(&bundle, Precision::F32)?;
+    let bar = progress_bar(t.data.val.len() as u64, "calibrate", opts.progress);
+    let (mut scores, mut pixels) = (Vec::new(), Vec::new());
+    for path in &t.data.val {
+        let input = preprocess::to_tensor(&preprocess::load_image(path)?, &t.spec);
+        let (map, score) = detector.map(&input, &mut Timings::default())?;
+        scores.push(score);
+        // Every 7th pixel is plenty for a quantile and keeps memory flat on big val sets.
+        pixels.extend(map.data.iter().step_by(7));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(calibrate(&scores, &mut pixels, opts.false_alarm_rate)?)
+}
+
+/// Activation (min, max) of every conv input over the calibration images, and the outputs
+/// of each probed image (to feed the next graph).
+fn ranges(
+    path: &Path,
+    g: &OnnxGraph,
+    samples: &[Vec<Vec<f32>>],
+) -> Result<(HashMap<String, (f32, f32)>, Vec<Vec<Vec<f32>>>)> {
+    let names = quantize::conv_inputs(g);
+    let mut wanted = names.clone();
+    wanted.extend(g.outputs.iter().map(|(n, _)| n.clone()));
+    let shapes: Vec<Vec<usize>> = g.inputs.iter().map(|(_, s)| s.clone()).collect();
+    let probe = Probe::new(path, &shapes, &wanted)?;
+    let mut acc: HashMap<String, (f32, f32)> = HashMap::new();
+    let mut outputs = Vec::new();
+    for inputs in samples {
+        let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+        let mut values = probe.run(&refs)?;
+        let outs = values.split_off(names.len());
+        for (name, v) in names.iter().zip(values) {
+            let (lo, hi) = v.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), x| (l.min(*x), h.max(*x)));
+            let e = acc.entry(name.clone()).or_insert((lo, hi));
+            *e = (e.0.min(lo), e.1.max(hi));
+        }
+        outputs.push(outs);
+    }
+    Ok((acc, outputs))
+}
+
+/// Builds and checks the int8 graphs; returns their worst golden error.
+fn write_int8(dir: &Path, t: &Trained, opts: &TrainOptions, g: &Exported, m: &mut Manifest) -> Result<f32> {
+    let n = opts.calibration_images.clamp(1, t.data.train.len());
+    let images: Vec<Vec<Vec<f32>>> =
+        load_inputs(&t.data.train[..n], &t.spec, false)?.into_iter().map(|x| vec![x]).collect();
+    let (tr, _) = ranges(&dir.join(&m.graphs.f32.teacher), &g.teacher, &images)?;
+    let (er, e_out) = ranges(&dir.join(&m.graphs.f32.student_e), &g.student_e, &images)?;
+    let student_d = match (&g.student_d, &m.graphs.f32.student_d) {
+        (Some(graph), Some(file)) => Some(quantize::qdq(graph, &ranges(&dir.join(file), graph, &e_out)?.0)),
+        _ => None,
+    };
+    let q =
+        Exported { teacher: quantize::qdq(&g.teacher, &tr), student_e: quantize::qdq(&g.student_e, &er), student_d };
+    m.graphs.int8 = Some(write_graphs(dir, &q, ".int8")?);
+    let bundle = Bundle { dir: dir.to_owned(), manifest: m.clone() };
+    let checks = check_golden(&bundle, &Detector::load(&bundle, Precision::Int8)?)?;
+    let worst = checks.iter().map(|c| c.map_error).fold(0.0f32, f32::max);
+    if worst > TOLERANCE_INT8 {
+        bail!("int8 graphs are too far from the f32 maps: error {worst:.3} of peak > {TOLERANCE_INT8}");
+    }
+    Ok(worst)
+}
+
+/// Writes the whole bundle to `opts.out` and returns its manifest.
+pub fn write_bundle(t: &Trained, opts: &TrainOptions) -> Result<Manifest> {
+    let dir = opts.out.as_path();
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let graphs = export(t);
+    let f32_set = write_graphs(dir, &graphs, "")?;
+    let mut m = draft_manifest(t, opts, f32_set)?;
+    let f32_error = write_golden(dir, t, opts, &mut m)?;
+    m.calibration = calibrate_threshold(dir, t, opts, &m)?;
+    let int8_error = write_int8(dir, t, opts, &graphs, &mut m)?;
+    m.bundle.training.insert("parity_f32_max_error".into(), format!("{f32_error:.3e}"));
+    m.bundle.training.insert("parity_int8_max_error".into(), format!("{int8_error:.3e}"));
+    bundle::write_manifest(dir, &mut m)?;
+    Ok(m)
+}

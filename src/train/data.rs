@@ -1,0 +1,109 @@
+//! Training data: a folder of good images, or a split file with roles.
+//!
+//! A folder gives train and held-out normal images (every `1/val_fraction`-th file in sorted
+//! order goes to val). A split file (`role<TAB>path`, `#` comments, paths relative to the
+//! file, as `../shared/data/magnetic-tile/split.tsv`) gives `train` and `val` directly; `test`
+//! lines are left for evaluation and never touched here.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: no images found (looked for .png .jpg .jpeg .bmp .pgm .ppm .tif)")]
+    Empty { path: PathBuf },
+    #[error("{path}: {count} image(s) is too few: need at least 4 (train and held-out normals)")]
+    TooFew { path: PathBuf, count: usize },
+    #[error("{path}:{line}: {message}")]
+    Split { path: PathBuf, line: usize, message: String },
+    #[error("{path}: the split has no `{role}` images")]
+    NoRole { path: PathBuf, role: &'static str },
+}
+
+/// Image paths by role.
+#[derive(Debug, Clone)]
+pub struct DataSet {
+    pub train: Vec<PathBuf>,
+    /// Held-out normal images: checkpoint choice and threshold calibration.
+    pub val: Vec<PathBuf>,
+}
+
+const EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "bmp", "pgm", "ppm", "tif", "tiff"];
+
+fn is_image(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// All images under `dir` (recursively), sorted.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|source| DataError::Io { path: d.clone(), source })?;
+        for entry in entries {
+            let path = entry.map_err(|source| DataError::Io { path: d.clone(), source })?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if is_image(&path) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Train/val from one folder of good images.
+pub fn from_folder(dir: &Path, val_fraction: f64) -> Result<DataSet, DataError> {
+    let all = list_images(dir)?;
+    if all.is_empty() {
+        return Err(DataError::Empty { path: dir.to_owned() });
+    }
+    if all.len() < 4 {
+        return Err(DataError::TooFew { path: dir.to_owned(), count: all.len() });
+    }
+    let every = ((1.0 / val_fraction.clamp(0.01, 0.5)).round() as usize).max(2);
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (i, p) in all.into_iter().enumerate() {
+        if i % every == every - 1 { val.push(p) } else { train.push(p) }
+    }
+    Ok(DataSet { train, val })
+}
+
+/// Train/val from a split file.
+pub fn from_split(file: &Path) -> Result<DataSet, DataError> {
+    let text = std::fs::read_to_string(file).map_err(|source| DataError::Io { path: file.to_owned(), source })?;
+    let base = file.parent().unwrap_or(Path::new("."));
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (role, rel) = line.split_once('\t').ok_or_else(|| DataError::Split {
+            path: file.to_owned(),
+            line: i + 1,
+            message: "expected `role<TAB>path`".into(),
+        })?;
+        match role {
+            "train" => train.push(base.join(rel)),
+            "val" => val.push(base.join(rel)),
+            "test" => {}
+            other => {
+                return Err(DataError::Split {
+                    path: file.to_owned(),
+                    line: i + 1,
+                    message: format!("unknown role `{other}` (train, val or test)"),
+                });
+            }
+        }
+    }
+    if train.is_empty() {
+        return Err(DataError::NoRole { path: file.to_owned(), role: "train" });
+    }
+    if val.is_empty() {
+        return Err(DataError::NoRole { path: file.to_owned(), role: "val" });
+    }
+    Ok(DataSet { train, val })
+}

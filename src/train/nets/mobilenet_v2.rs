@@ -1,0 +1,111 @@
+//! MobileNetV2 (torchvision layout) up to the third pyramid tap: the teacher (pretrained,
+//! frozen) and the encoder-like student Se (same architecture, random init).
+//!
+//! Shapes at input `[B, 3, H, W]`: taps are the outputs of `features.3` `[B, 24, H/4, W/4]`,
+//! `features.6` `[B, 32, H/8, W/8]` and `features.13` `[B, 96, H/16, W/16]`.
+//! Parameter names follow torchvision (`features.N.conv.M...`) so the shipped safetensors
+//! file loads by name; see [`MobileNetV2::param_names`].
+
+use burn::prelude::*;
+
+use super::layers::{Act, ConvBn};
+
+/// (expansion t, output channels c, repeats n, first stride s): torchvision's table,
+/// truncated after the 96-channel stage that holds the last tap.
+const STAGES: [(usize, usize, usize, usize); 5] =
+    [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1)];
+/// `features.N` indices whose outputs are the pyramid taps.
+pub const TAPS: [usize; 3] = [3, 6, 13];
+pub const TAP_CHANNELS: [usize; 3] = [24, 32, 96];
+pub const TAP_STRIDES: [usize; 3] = [4, 8, 16];
+
+/// One inverted residual block: (expand 1x1) -> depthwise 3x3 -> project 1x1 (linear).
+#[derive(Module, Debug)]
+pub struct InvertedResidual {
+    pub layers: Vec<ConvBn>,
+    #[module(skip)]
+    pub residual: bool,
+}
+
+impl InvertedResidual {
+    fn new(cin: usize, cout: usize, stride: usize, t: usize, device: &Device) -> Self {
+        let hidden = cin * t;
+        let mut layers = Vec::new();
+        if t != 1 {
+            layers.push(ConvBn::new(cin, hidden, 1, 1, 1, Act::Relu6, device));
+        }
+        layers.push(ConvBn::new(hidden, hidden, 3, stride, hidden, Act::Relu6, device));
+        layers.push(ConvBn::new(hidden, cout, 1, 1, 1, Act::None, device));
+        Self { layers, residual: stride == 1 && cin == cout }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let y = self.layers.iter().fold(x.clone(), |y, l| l.forward(y));
+        if self.residual { y + x } else { y }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct MobileNetV2 {
+    pub stem: ConvBn,
+    /// `blocks[i]` is torchvision's `features.{i+1}`.
+    pub blocks: Vec<InvertedResidual>,
+}
+
+impl MobileNetV2 {
+    /// Random init (Se, or the teacher before its weights are loaded).
+    pub fn new(device: &Device) -> Self {
+        let stem = ConvBn::new(3, 32, 3, 2, 1, Act::Relu6, device);
+        let mut blocks = Vec::new();
+        let mut cin = 32;
+        for (t, c, n, s) in STAGES {
+            for i in 0..n {
+                blocks.push(InvertedResidual::new(cin, c, if i == 0 { s } else { 1 }, t, device));
+                cin = c;
+            }
+        }
+        Self { stem, blocks }
+    }
+
+    /// The three tap outputs.
+    pub fn forward(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
+        let mut x = self.stem.forward(x);
+        let mut taps = Vec::with_capacity(3);
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(x);
+            if TAPS.contains(&(i + 1)) {
+                taps.push(x.clone());
+            }
+        }
+        taps
+    }
+
+    /// Every ConvBn in forward order with its torchvision (conv, bn) name prefixes.
+    pub fn param_names(&self) -> Vec<(&ConvBn, String, String)> {
+        let mut out = vec![(&self.stem, "features.0.0".to_string(), "features.0.1".to_string())];
+        for (i, block) in self.blocks.iter().enumerate() {
+            let f = format!("features.{}.conv", i + 1);
+            let n = block.layers.len();
+            for (j, layer) in block.layers.iter().enumerate() {
+                // The last (project) layer is a bare conv + BN at `conv.{j}` / `conv.{j+1}`;
+                // the others are ConvBNReLU sequences at `conv.{j}.0` / `conv.{j}.1`.
+                let names = if j + 1 == n {
+                    (format!("{f}.{j}"), format!("{f}.{}", j + 1))
+                } else {
+                    (format!("{f}.{j}.0"), format!("{f}.{j}.1"))
+                };
+                out.push((layer, names.0, names.1));
+            }
+        }
+        out
+    }
+
+    /// Mutable twin of [`param_names`](Self::param_names), for loading weights.
+    pub fn layers_mut(&mut self) -> Vec<&mut ConvBn> {
+        let mut out = vec![&mut self.stem];
+        for block in &mut self.blocks {
+            out.extend(block.layers.iter_mut());
+        }
+        out
+    }
+}

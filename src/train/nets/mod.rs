@@ -1,0 +1,6 @@
+//! The networks: the frozen teacher, the two students and their building blocks
+//! (anomalib's `torch_model.py`).
+
+pub mod layers;
+pub mod mobilenet_v2;
+pub mod students;

@@ -1,0 +1,301 @@
+//! The training loop (glue only): data -> cached teacher features -> students fitted with
+//! Adam -> the checkpoint with the lowest loss on held-out normal images.
+//!
+//! The teacher is frozen, so its features for every image are computed once, up front, on the
+//! plain (non-autodiff) device; each step then runs only the students forward and backward.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use super::data::{self, DataSet};
+use super::loss::dskd_loss;
+use super::nets::mobilenet_v2::{MobileNetV2, TAP_CHANNELS, TAP_STRIDES};
+use super::nets::students::Students;
+use super::weights;
+use crate::detector::anomaly_map::FeatureMap;
+use crate::preprocess::{self, InputSpec};
+use crate::synth::Rng;
+
+/// Where the good images come from.
+#[derive(Debug, Clone)]
+pub enum DataSource {
+    Folder(PathBuf),
+    Split(PathBuf),
+}
+
+/// Everything `dskd-train` can be told.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub data: DataSource,
+    pub teacher_weights: PathBuf,
+    pub out: PathBuf,
+    pub checkpoints: PathBuf,
+    pub size: u32,
+    pub epochs: usize,
+    /// Stop after this many optimiser steps in all (short schedules, tests).
+    pub max_steps: Option<usize>,
+    /// Use at most this many training images (short schedules).
+    pub max_train_images: Option<usize>,
+    pub batch: usize,
+    pub lr: f64,
+    pub seed: u64,
+    /// Both students (DSKD) or Se alone (the vanilla S-T baseline).
+    pub dual: bool,
+    pub se_sd_weight: f32,
+    pub resume: bool,
+    pub false_alarm_rate: f64,
+    pub golden: usize,
+    pub calibration_images: usize,
+    pub val_fraction: f64,
+    pub device: Device,
+    pub device_name: String,
+    pub progress: bool,
+}
+
+/// One image's tensors: the network input and the teacher's three levels.
+struct Sample {
+    input: Vec<f32>,
+    teacher: Vec<FeatureMap>,
+}
+
+/// What is saved beside the checkpoints so `--resume` can continue.
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    epoch: usize,
+    steps: usize,
+    best_val_loss: f32,
+    seed: u64,
+}
+
+/// The outcome of training, before export.
+pub struct Trained {
+    pub students: Students,
+    pub teacher: MobileNetV2,
+    pub spec: InputSpec,
+    pub data: DataSet,
+    pub best_val_loss: f32,
+    pub epochs: usize,
+    pub steps: usize,
+    pub images_per_s: f64,
+    pub train_images: usize,
+    pub wall_s: f64,
+}
+
+pub fn progress_bar(len: u64, what: &str, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what:>10} {{bar:30}} {{pos}}/{{len}} {{elapsed_precise}} eta {{eta}} {{msg}}"
+        ))
+        .expect("valid template"),
+    );
+    bar
+}
+
+/// Decodes and preprocesses images (progress shown), naming any file that fails.
+pub fn load_inputs(paths: &[PathBuf], spec: &InputSpec, show: bool) -> Result<Vec<Vec<f32>>> {
+    let bar = progress_bar(paths.len() as u64, "load", show);
+    let out = paths
+        .iter()
+        .map(|p| {
+            bar.inc(1);
+            Ok(preprocess::to_tensor(&preprocess::load_image(p)?, spec))
+        })
+        .collect::<Result<_>>();
+    bar.finish_and_clear();
+    out
+}
+
+/// `[B, C, H, W]` tensor from per-sample planar data.
+fn stack(parts: &[&[f32]], shape: [usize; 3], device: &Device) -> Tensor<4> {
+    let flat: Vec<f32> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+    Tensor::from_data(TensorData::new(flat, [parts.len(), shape[0], shape[1], shape[2]]), device)
+}
+
+/// Splits a `[B, C, H, W]` tensor into per-sample feature maps.
+pub fn to_feature_maps(t: Tensor<4>) -> Vec<FeatureMap> {
+    let [b, c, h, w] = t.dims();
+    let data = t.into_data().try_into_vec::<f32>().expect("f32 features");
+    data.chunks(c * h * w).take(b).map(|d| FeatureMap { data: d.to_vec(), channels: c, height: h, width: w }).collect()
+}
+
+/// Runs the frozen teacher over all inputs once.
+fn teacher_features(
+    teacher: &MobileNetV2,
+    inputs: Vec<Vec<f32>>,
+    spec: &InputSpec,
+    device: &Device,
+    show: bool,
+) -> Vec<Sample> {
+    let shape = [3, spec.height as usize, spec.width as usize];
+    let bar = progress_bar(inputs.len() as u64, "teacher", show);
+    let mut out = Vec::with_capacity(inputs.len());
+    for chunk in inputs.chunks(8) {
+        let parts: Vec<&[f32]> = chunk.iter().map(|v| v.as_slice()).collect();
+        let levels: Vec<Vec<FeatureMap>> =
+            teacher.forward(stack(&parts, shape, device)).into_iter().map(to_feature_maps).collect();
+        for (i, input) in chunk.iter().enumerate() {
+            out.push(Sample { input: input.clone(), teacher: levels.iter().map(|l| l[i].clone()).collect() });
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    out
+}
+
+/// The batch tensors (input, teacher levels) for the given samples.
+fn batch(samples: &[&Sample], spec: &InputSpec, device: &Device) -> (Tensor<4>, Vec<Tensor<4>>) {
+    let inputs: Vec<&[f32]> = samples.iter().map(|s| s.input.as_slice()).collect();
+    let x = stack(&inputs, [3, spec.height as usize, spec.width as usize], device);
+    let levels = (0..samples[0].teacher.len())
+        .map(|l| {
+            let f = &samples[0].teacher[l];
+            let parts: Vec<&[f32]> = samples.iter().map(|s| s.teacher[l].data.as_slice()).collect();
+            stack(&parts, [f.channels, f.height, f.width], device)
+        })
+        .collect();
+    (x, levels)
+}
+
+/// Mean loss over held-out normal images, with the students in inference mode.
+fn validation_loss(students: &Students, val: &[Sample], spec: &InputSpec, device: &Device, se_sd_weight: f32) -> f32 {
+    let mut total = 0.0;
+    for chunk in val.chunks(8) {
+        let refs: Vec<&Sample> = chunk.iter().collect();
+        let (x, t) = batch(&refs, spec, device);
+        let loss = dskd_loss(&t, &students.forward(x), se_sd_weight);
+        total += loss.into_scalar::<f32>() * chunk.len() as f32;
+    }
+    total / val.len() as f32
+}
+
+fn shuffle(order: &mut [usize], rng: &mut Rng) {
+    for i in (1..order.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+}
+
+/// Trains the students and returns the kept (best validation loss) model, in inference mode.
+pub fn train(opts: &TrainOptions) -> Result<Trained> {
+    let started = Instant::now();
+    let spec = InputSpec::imagenet(opts.size);
+    spec.validate()?;
+    let device = opts.device.clone();
+    device.seed(opts.seed);
+    let teacher = weights::load_mobilenet_v2(&opts.teacher_weights, &device)?;
+
+    let mut data = match &opts.data {
+        DataSource::Folder(dir) => data::from_folder(dir, opts.val_fraction)?,
+        DataSource::Split(file) => data::from_split(file)?,
+    };
+    if let Some(n) = opts.max_train_images {
+        data.train.truncate(n.max(1));
+    }
+    tracing::info!(train = data.train.len(), val = data.val.len(), "data");
+    let train =
+        teacher_features(&teacher, load_inputs(&data.train, &spec, opts.progress)?, &spec, &device, opts.progress);
+    let val = teacher_features(&teacher, load_inputs(&data.val, &spec, opts.progress)?, &spec, &device, opts.progress);
+
+    let ad = device.clone().autodiff();
+    let mut students = Students::new(opts.dual, &TAP_CHANNELS, &TAP_STRIDES, &ad);
+    let mut state = State { epoch: 0, steps: 0, best_val_loss: f32::INFINITY, seed: opts.seed };
+    std::fs::create_dir_all(&opts.checkpoints).with_context(|| format!("creating {}", opts.checkpoints.display()))?;
+    let (last, best_path, state_path) =
+        (opts.checkpoints.join("last.bpk"), opts.checkpoints.join("best.bpk"), opts.checkpoints.join("state.json"));
+    if opts.resume {
+        let text = std::fs::read_to_string(&state_path)
+            .with_context(|| format!("--resume: reading {}", state_path.display()))?;
+        state = serde_json::from_str(&text).with_context(|| format!("--resume: parsing {}", state_path.display()))?;
+        students = students
+            .try_load_file(&last)
+            .map_err(|e| anyhow::anyhow!("--resume: loading {}: {e:?}", last.display()))?;
+        tracing::info!(epoch = state.epoch, steps = state.steps, "resumed");
+    }
+
+    // Adam with the paper's betas; the optimiser state restarts on --resume (weights do not).
+    let mut optim = AdamConfig::new().with_beta_1(0.5).with_beta_2(0.999).init();
+    let mut rng = Rng::new(opts.seed ^ state.epoch as u64);
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let steps_per_epoch = train.len().div_ceil(opts.batch);
+    let total_steps = opts.max_steps.unwrap_or(usize::MAX).min(opts.epochs * steps_per_epoch);
+    let bar = progress_bar(total_steps as u64, "train", opts.progress);
+    bar.set_position(state.steps as u64);
+    let (mut seen, fit_start) = (0usize, Instant::now());
+    let mut best = students.valid();
+    if state.best_val_loss.is_finite() {
+        best = best
+            .try_load_file(&best_path)
+            .map_err(|e| anyhow::anyhow!("--resume: loading {}: {e:?}", best_path.display()))?;
+    }
+    while state.epoch < opts.epochs && state.steps < total_steps {
+        shuffle(&mut order, &mut rng);
+        for idx in order.chunks(opts.batch) {
+            if state.steps >= total_steps {
+                break;
+            }
+            let refs: Vec<&Sample> = idx.iter().map(|&i| &train[i]).collect();
+            let (x, t) = batch(&refs, &spec, &ad);
+            let loss = dskd_loss(&t, &students.forward(x), opts.se_sd_weight);
+            let value = loss.clone().into_scalar::<f32>();
+            if !value.is_finite() {
+                bail!("training diverged at step {} (loss {value}); try a lower --lr", state.steps);
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &students);
+            students = optim.step(opts.lr, students, grads);
+            state.steps += 1;
+            seen += idx.len();
+            bar.set_position(state.steps as u64);
+            bar.set_message(format!("loss {value:.4}  {:.1} img/s", seen as f64 / fit_start.elapsed().as_secs_f64()));
+        }
+        state.epoch += 1;
+        let valid = students.valid();
+        let val_loss = validation_loss(&valid, &val, &spec, &device, opts.se_sd_weight);
+        bar.println(format!(
+            "epoch {:>3}  step {:>6}  val loss {val_loss:.5}{}",
+            state.epoch,
+            state.steps,
+            if val_loss < state.best_val_loss { "  (kept)" } else { "" }
+        ));
+        if val_loss < state.best_val_loss {
+            state.best_val_loss = val_loss;
+            best = valid;
+            best.clone().save_file(&best_path).map_err(|e| anyhow::anyhow!("saving {}: {e:?}", best_path.display()))?;
+        }
+        students.clone().save_file(&last).map_err(|e| anyhow::anyhow!("saving {}: {e:?}", last.display()))?;
+        std::fs::write(&state_path, serde_json::to_string_pretty(&state)?)
+            .with_context(|| format!("writing {}", state_path.display()))?;
+    }
+    bar.finish_and_clear();
+    let fit_s = fit_start.elapsed().as_secs_f64();
+    Ok(Trained {
+        students: best,
+        teacher,
+        spec,
+        data,
+        best_val_loss: state.best_val_loss,
+        epochs: state.epoch,
+        steps: state.steps,
+        images_per_s: if fit_s > 0.0 { seen as f64 / fit_s } else { 0.0 },
+        train_images: train.len(),
+        wall_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Burn-side anomaly features of one image for parity checks: (teacher, Se, Sd) levels.
+pub fn burn_features(t: &Trained, input: &[f32], device: &Device) -> [Vec<FeatureMap>; 3] {
+    let x = stack(&[input], [3, t.spec.height as usize, t.spec.width as usize], device);
+    let levels = |v: Vec<Tensor<4>>| v.into_iter().map(|l| to_feature_maps(l).remove(0)).collect::<Vec<_>>();
+    let teacher = levels(t.teacher.forward(x.clone()));
+    let f = t.students.forward(x);
+    [teacher, levels(f.e), levels(f.d)]
+}

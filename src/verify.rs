@@ -1,0 +1,93 @@
+//! `dskd verify`: a bundle is usable when its hashes match, every graph loads in tract and
+//! the golden maps are reproduced within the manifest's tolerance (f32, and int8 against the
+//! same f32 golden maps with its looser bound). The daemon runs the same check at start.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::bundle::Bundle;
+use crate::detector::anomaly_map::Map;
+use crate::detector::{Detector, DetectorError, Precision, Timings};
+use crate::preprocess;
+
+/// Largest |a - b| relative to the reference map's peak.
+pub fn map_error(reference: &Map, got: &Map) -> f32 {
+    let peak = reference.data.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let diff = reference.data.iter().zip(&got.data).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    diff / peak
+}
+
+/// One golden image at one precision.
+#[derive(Debug, Clone, Serialize)]
+pub struct GoldenCheck {
+    pub image: String,
+    pub precision: Precision,
+    pub golden_score: f32,
+    pub score: f32,
+    /// max |map - golden| / golden peak.
+    pub map_error: f32,
+    pub tolerance: f32,
+    pub ok: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Detector(#[from] DetectorError),
+    #[error(transparent)]
+    Image(#[from] preprocess::PreprocessError),
+    #[error(
+        "{image}: {precision:?} map differs from the golden map by {error:.2e} of its peak (tolerance {tolerance:.1e})"
+    )]
+    Parity { image: String, precision: Precision, error: f32, tolerance: f32 },
+}
+
+/// Checks golden parity for one loaded detector.
+pub fn check_golden(bundle: &Bundle, detector: &Detector) -> Result<Vec<GoldenCheck>, VerifyError> {
+    let m = &bundle.manifest;
+    let tolerance = match detector.precision() {
+        Precision::F32 => m.golden.tolerance_f32,
+        Precision::Int8 => m.golden.tolerance_int8,
+    };
+    let mut out = Vec::new();
+    for sample in &m.golden.samples {
+        let golden = bundle.golden_map(sample).map_err(DetectorError::from)?;
+        let img = preprocess::load_image(&bundle.path(&sample.image))?;
+        let (map, score) = detector.map(&preprocess::to_tensor(&img, &m.input), &mut Timings::default())?;
+        let error = map_error(&golden, &map);
+        out.push(GoldenCheck {
+            image: sample.image.clone(),
+            precision: detector.precision(),
+            golden_score: sample.score,
+            score,
+            map_error: error,
+            tolerance,
+            ok: error <= tolerance,
+        });
+    }
+    Ok(out)
+}
+
+/// Opens (hashes), loads every graph and checks golden parity; the first failure is the error.
+pub fn verify(dir: &Path) -> Result<Vec<GoldenCheck>, VerifyError> {
+    let bundle = Bundle::open(dir).map_err(DetectorError::from)?;
+    let mut checks = Vec::new();
+    let precisions: &[Precision] =
+        if bundle.manifest.graphs.int8.is_some() { &[Precision::F32, Precision::Int8] } else { &[Precision::F32] };
+    for &p in precisions {
+        let detector = Detector::load(&bundle, p)?;
+        for c in check_golden(&bundle, &detector)? {
+            if !c.ok {
+                return Err(VerifyError::Parity {
+                    image: c.image,
+                    precision: p,
+                    error: c.map_error,
+                    tolerance: c.tolerance,
+                });
+            }
+            checks.push(c);
+        }
+    }
+    Ok(checks)
+}

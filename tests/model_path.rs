@@ -1,0 +1,112 @@
+//! The model path end to end (issue 2): a tiny bundle is trained on CPU inside the test on
+//! synthetic images, exported, verified and used for inference through tract.
+#![cfg(feature = "train")]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use dskd::bundle::Bundle;
+use dskd::detector::{Detector, Precision};
+use dskd::synth::{self, Defect, SynthCounts};
+use dskd::train::{bundle_writer, trainer};
+
+const SIZE: u32 = 96;
+
+/// Synthetic data and a bundle trained on it, shared by every test in this file.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    bundle: PathBuf,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        synth::write_dataset(&data, 3, SIZE, SynthCounts { train: 40, test_good: 4, test_defect: 2 }).unwrap();
+        let bundle = dir.path().join("bundle");
+        let opts = trainer::TrainOptions {
+            data: trainer::DataSource::Folder(data.join("train")),
+            teacher_weights: PathBuf::from("models/teachers/mobilenet_v2/mobilenet_v2-imagenet-features.safetensors"),
+            out: bundle.clone(),
+            checkpoints: dir.path().join("ckpt"),
+            size: SIZE,
+            epochs: 6,
+            max_steps: None,
+            max_train_images: None,
+            batch: 8,
+            lr: 0.005,
+            seed: 1,
+            dual: true,
+            se_sd_weight: 0.0,
+            resume: false,
+            false_alarm_rate: 0.01,
+            golden: 2,
+            calibration_images: 4,
+            val_fraction: 0.2,
+            device: burn::tensor::Device::flex(),
+            device_name: "cpu".into(),
+            progress: false,
+        };
+        let trained = trainer::train(&opts).expect("training runs");
+        bundle_writer::write_bundle(&trained, &opts).expect("bundle is written");
+        Fixture { _dir: dir, data, bundle }
+    })
+}
+
+fn inspect(bundle: &Path, precision: Precision, image: &Path) -> dskd::detector::Inspection {
+    let b = Bundle::open(bundle).unwrap();
+    let det = Detector::load(&b, precision).unwrap();
+    det.inspect(&dskd::preprocess::load_image(image).unwrap()).unwrap()
+}
+
+/// Exported f32 graphs reproduce the trainer's (burn) maps within 1e-3 of the map peak, and
+/// int8 graphs stay within 15% of peak; `verify` re-checks both from the files on disk.
+#[test]
+fn exported_maps_match_the_trainer_f32_and_int8() {
+    let f = fixture();
+    let checks = dskd::verify::verify(&f.bundle).expect("bundle verifies");
+    let worst = |p: Precision| checks.iter().filter(|c| c.precision == p).map(|c| c.map_error).fold(0.0f32, f32::max);
+    assert_eq!(checks.len(), 4, "2 golden samples x (f32, int8)");
+    assert!(worst(Precision::F32) <= 1e-3, "f32 parity {}", worst(Precision::F32));
+    assert!(worst(Precision::Int8) <= 0.15, "int8 error {}", worst(Precision::Int8));
+    let m = Bundle::open(&f.bundle).unwrap().manifest;
+    assert!(m.calibration.threshold.is_finite() && m.calibration.threshold > 0.0);
+}
+
+/// With the calibrated threshold, a synthetic defect raises the alarm and a normal image
+/// of the same surface does not.
+#[test]
+fn defect_scores_above_threshold_and_normal_below() {
+    let f = fixture();
+    let normal = inspect(&f.bundle, Precision::F32, &f.data.join("test/good/000.png"));
+    assert!(!normal.verdict.defect, "normal image flagged: {:?}", normal.verdict);
+    let mut flagged = 0;
+    for kind in Defect::ALL {
+        let r = inspect(&f.bundle, Precision::F32, &f.data.join(format!("test/{}/000.png", kind.name())));
+        assert!(
+            r.verdict.score > normal.verdict.score,
+            "{kind:?}: {} <= normal {}",
+            r.verdict.score,
+            normal.verdict.score
+        );
+        if r.verdict.defect {
+            flagged += 1;
+            assert!(!r.verdict.regions.is_empty(), "a defect verdict has regions");
+        }
+    }
+    assert!(flagged >= 2, "only {flagged}/3 defect kinds flagged");
+}
+
+/// The manifest records the run: method, both precisions, the step count, file hashes.
+#[test]
+fn bundle_manifest_records_training() {
+    let f = fixture();
+    let m = Bundle::open(&f.bundle).unwrap().manifest;
+    assert_eq!(m.bundle.method, "dskd");
+    assert!(m.graphs.int8.is_some() && m.graphs.f32.student_d.is_some());
+    let steps: usize = m.bundle.training["steps"].parse().unwrap();
+    assert_eq!(steps, 6 * 4, "32 train images / batch 8 x 6 epochs");
+    assert!(m.files.len() >= 6 + 4, "graphs and golden files are hashed");
+}
