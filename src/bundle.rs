@@ -96,6 +96,9 @@ pub struct Calibration {
     pub target_false_alarm_rate: f64,
     /// Map value at or above which a pixel belongs to a defect region.
     pub pixel_threshold: f32,
+    /// The same two thresholds for the int8 graphs, calibrated on the same normals with them.
+    pub int8_threshold: Option<f32>,
+    pub int8_pixel_threshold: Option<f32>,
     /// How the tail was fitted ("gumbel": method of moments on held-out normal scores).
     pub fit: String,
     pub gumbel_mu: f64,

@@ -56,7 +56,7 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         seed: u64,
         /// Good training images.
-        #[arg(long, default_value_t = 80)]
+        #[arg(long, default_value_t = 100)]
         train: u64,
         /// Good test images.
         #[arg(long, default_value_t = 12)]

@@ -39,7 +39,7 @@ impl InputSpec {
 
     /// Checks the sizes the pyramid needs (strides up to 32 must divide them).
     pub fn validate(&self) -> Result<(), PreprocessError> {
-        let ok = |v: u32| v >= 32 && v % 32 == 0;
+        let ok = |v: u32| v >= 32 && v.is_multiple_of(32);
         if !ok(self.width) || !ok(self.height) {
             return Err(PreprocessError::BadSize { width: self.width, height: self.height });
         }

@@ -219,6 +219,15 @@ impl Detector {
         Ok((map, score))
     }
 
+    /// (image, pixel) thresholds calibrated for this precision.
+    pub fn thresholds(&self) -> (f32, f32) {
+        let c = &self.manifest.calibration;
+        match (self.precision, c.int8_threshold, c.int8_pixel_threshold) {
+            (Precision::Int8, Some(t), Some(p)) => (t, p),
+            _ => (c.threshold, c.pixel_threshold),
+        }
+    }
+
     /// Preprocess, networks, map and verdict for one decoded image.
     pub fn inspect(&self, img: &DynamicImage) -> Result<Inspection, DetectorError> {
         let start = Instant::now();
@@ -226,8 +235,8 @@ impl Detector {
         let input = preprocess::to_tensor(img, &self.manifest.input);
         timings.preprocess_ms = ms(start);
         let (map, score) = self.map(&input, &mut timings)?;
-        let c = &self.manifest.calibration;
-        let verdict = verdict::decide(&map, score, c.threshold, c.pixel_threshold, img.width(), img.height());
+        let (threshold, pixel_threshold) = self.thresholds();
+        let verdict = verdict::decide(&map, score, threshold, pixel_threshold, img.width(), img.height());
         timings.total_ms = ms(start);
         Ok(Inspection { map, verdict, timings })
     }

@@ -83,7 +83,7 @@ pub fn regions(map: &Map, pixel_thr: f32, peak_thr: f32, src_w: u32, src_h: u32)
             out.push(Region { bbox: [bx, by, bw, bh], area, peak });
         }
     }
-    out.sort_by(|a, b| b.area.cmp(&a.area));
+    out.sort_by_key(|r| std::cmp::Reverse(r.area));
     out
 }
 

@@ -42,6 +42,8 @@ pub fn calibrate(scores: &[f32], pixels: &mut [f32], rate: f64) -> Result<Calibr
         threshold,
         target_false_alarm_rate: rate,
         pixel_threshold: quantile(pixels, 1.0 - rate).min(threshold),
+        int8_threshold: None,
+        int8_pixel_threshold: None,
         fit: "gumbel".into(),
         gumbel_mu: mu,
         gumbel_beta: beta,

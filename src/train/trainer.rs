@@ -71,6 +71,9 @@ struct State {
     steps: usize,
     best_val_loss: f32,
     seed: u64,
+    /// Training throughput of the last run that made steps (kept across `--resume`).
+    #[serde(default)]
+    images_per_s: f64,
 }
 
 /// The outcome of training, before export.
@@ -208,7 +211,7 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
 
     let ad = device.clone().autodiff();
     let mut students = Students::new(opts.dual, &TAP_CHANNELS, &TAP_STRIDES, &ad);
-    let mut state = State { epoch: 0, steps: 0, best_val_loss: f32::INFINITY, seed: opts.seed };
+    let mut state = State { epoch: 0, steps: 0, best_val_loss: f32::INFINITY, seed: opts.seed, images_per_s: 0.0 };
     std::fs::create_dir_all(&opts.checkpoints).with_context(|| format!("creating {}", opts.checkpoints.display()))?;
     let (last, best_path, state_path) =
         (opts.checkpoints.join("last.bpk"), opts.checkpoints.join("best.bpk"), opts.checkpoints.join("state.json"));
@@ -255,17 +258,22 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
             state.steps += 1;
             seen += idx.len();
             bar.set_position(state.steps as u64);
-            bar.set_message(format!("loss {value:.4}  {:.1} img/s", seen as f64 / fit_start.elapsed().as_secs_f64()));
+            let msg = format!("loss {value:.4}  {:.2} img/s", seen as f64 / fit_start.elapsed().as_secs_f64());
+            // Without a terminal (CI logs, nohup) the bar is hidden: print a line now and then.
+            if opts.progress && bar.is_hidden() && state.steps.is_multiple_of(10) {
+                eprintln!("step {:>6}/{total_steps}  {msg}", state.steps);
+            }
+            bar.set_message(msg);
         }
         state.epoch += 1;
+        state.images_per_s = seen as f64 / fit_start.elapsed().as_secs_f64();
         let valid = students.valid();
         let val_loss = validation_loss(&valid, &val, &spec, &device, opts.se_sd_weight);
-        bar.println(format!(
-            "epoch {:>3}  step {:>6}  val loss {val_loss:.5}{}",
-            state.epoch,
-            state.steps,
-            if val_loss < state.best_val_loss { "  (kept)" } else { "" }
-        ));
+        let kept = if val_loss < state.best_val_loss { "  (kept)" } else { "" };
+        let line = format!("epoch {:>3}  step {:>6}  val loss {val_loss:.5}{kept}", state.epoch, state.steps);
+        if opts.progress {
+            bar.suspend(|| eprintln!("{line}"));
+        }
         if val_loss < state.best_val_loss {
             state.best_val_loss = val_loss;
             best = valid;
@@ -276,7 +284,6 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
             .with_context(|| format!("writing {}", state_path.display()))?;
     }
     bar.finish_and_clear();
-    let fit_s = fit_start.elapsed().as_secs_f64();
     Ok(Trained {
         students: best,
         teacher,
@@ -285,7 +292,7 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
         best_val_loss: state.best_val_loss,
         epochs: state.epoch,
         steps: state.steps,
-        images_per_s: if fit_s > 0.0 { seen as f64 / fit_s } else { 0.0 },
+        images_per_s: state.images_per_s,
         train_images: train.len(),
         wall_s: started.elapsed().as_secs_f64(),
     })

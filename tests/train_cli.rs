@@ -1,0 +1,99 @@
+//! Bad input to `dskd-train`: teacher weights with missing or misshapen keys, .pth files, and
+//! an empty data folder each give one clear error naming the file, exit code 2, no panic.
+#![cfg(feature = "train")]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+const WEIGHTS: &str = "models/teachers/mobilenet_v2/mobilenet_v2-imagenet-features.safetensors";
+
+fn train(weights: &Path, data: &Path, out: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dskd-train"))
+        .args(["--quiet", "--size", "64", "--epochs", "1", "--teacher-weights"])
+        .arg(weights)
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("dskd-train runs")
+}
+
+fn assert_fails(o: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+    }
+}
+
+/// Rewrites the shipped weights with `edit` applied to the (name -> (dtype, shape, bytes)) table.
+fn edited_weights(
+    dir: &Path,
+    edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>),
+) -> std::path::PathBuf {
+    let bytes = std::fs::read(WEIGHTS).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut table: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> =
+        st.tensors().into_iter().map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec()))).collect();
+    edit(&mut table);
+    let views: Vec<(String, TensorView)> = table
+        .iter()
+        .map(|(n, (dtype, shape, data))| (n.clone(), TensorView::new(*dtype, shape.clone(), data).unwrap()))
+        .collect();
+    let path = dir.join("weights.safetensors");
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    path
+}
+
+fn some_images(dir: &Path) -> std::path::PathBuf {
+    let data = dir.join("data");
+    dskd::synth::write_dataset(&data, 1, 64, dskd::synth::SynthCounts { train: 6, test_good: 0, test_defect: 0 })
+        .unwrap();
+    data.join("train")
+}
+
+#[test]
+fn missing_teacher_key_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = edited_weights(dir.path(), |t| {
+        t.remove("features.5.conv.1.1.running_var");
+    });
+    let o = train(&w, &some_images(dir.path()), &dir.path().join("out"));
+    assert_fails(&o, &["weights.safetensors", "missing key `features.5.conv.1.1.running_var`"]);
+}
+
+#[test]
+fn misshapen_teacher_key_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = edited_weights(dir.path(), |t| {
+        let (_, shape, data) = t.get_mut("features.0.0.weight").unwrap();
+        *shape = vec![16, 3, 3, 3];
+        data.truncate(16 * 27 * 4);
+    });
+    let o = train(&w, &some_images(dir.path()), &dir.path().join("out"));
+    assert_fails(&o, &["weights.safetensors", "`features.0.0.weight` has shape [16, 3, 3, 3], expected [32, 3, 3, 3]"]);
+}
+
+#[test]
+fn pth_weights_get_a_conversion_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let pth = dir.path().join("resnet.pth");
+    std::fs::write(&pth, b"PK\x03\x04").unwrap();
+    let o = train(&pth, &some_images(dir.path()), &dir.path().join("out"));
+    assert_fails(&o, &["resnet.pth", "safetensors"]);
+}
+
+#[test]
+fn empty_data_folder_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = train(Path::new(WEIGHTS), &empty, &dir.path().join("out"));
+    assert_fails(&o, &["empty", "no images found"]);
+}
