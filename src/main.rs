@@ -46,6 +46,9 @@ enum Command {
         /// Image to time on [default: a synthetic surface image].
         #[arg(long)]
         image: Option<PathBuf>,
+        /// Skip the onnxruntime reference (`tools/ort_bench.py`, needs python3 + onnxruntime).
+        #[arg(long)]
+        no_reference: bool,
     },
     /// Write a deterministic synthetic data set (MVTec-style folders).
     Synth {
@@ -137,7 +140,10 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn bench(bundle: &Path, runs: usize, image: Option<&Path>) -> Result<ExitCode> {
+/// Median ms of the T ∥ (Se→Sd) step per precision, for the reference ratios.
+type NetworkTimes = Vec<(Precision, f64)>;
+
+fn bench(bundle: &Path, runs: usize, image: Option<&Path>) -> Result<NetworkTimes> {
     let b = Bundle::open(bundle).with_context(|| format!("opening bundle {}", bundle.display()))?;
     let img = match image {
         Some(p) => preprocess::load_image(p)?,
@@ -154,6 +160,7 @@ fn bench(bundle: &Path, runs: usize, image: Option<&Path>) -> Result<ExitCode> {
         "{:<6} {:>10} {:>9} {:>9} {:>9} {:>11} {:>8} {:>9} {:>8}",
         "", "preprocess", "teacher", "student_e", "student_d", "T∥(Se→Sd)", "map", "total", "fps"
     );
+    let mut networks = Vec::new();
     let mut precisions = vec![Precision::F32];
     if b.manifest.graphs.int8.is_some() {
         precisions.push(Precision::Int8);
@@ -178,15 +185,74 @@ fn bench(bundle: &Path, runs: usize, image: Option<&Path>) -> Result<ExitCode> {
             total,
             1e3 / total
         );
+        networks.push((p, med(|t| t.networks_ms)));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(networks)
+}
+
+/// onnxruntime on the same files, in the same run: the reference the tract numbers are read
+/// against. Missing python or onnxruntime is reported, not fatal.
+fn reference(bundle: &Path, runs: usize, tract: &NetworkTimes) {
+    let script = ["tools/ort_bench.py", concat!(env!("CARGO_MANIFEST_DIR"), "/tools/ort_bench.py")]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    let Some(script) = script else {
+        println!("reference: tools/ort_bench.py not found");
+        return;
+    };
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg("--bundle")
+        .arg(bundle)
+        .arg("--runs")
+        .arg(runs.to_string())
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            println!(
+                "reference: onnxruntime not run ({}); `pip install onnxruntime numpy`",
+                err.lines().last().unwrap_or("")
+            );
+            return;
+        }
+        Err(e) => {
+            println!("reference: python3 not run: {e}");
+            return;
+        }
+    };
+    println!("onnxruntime, same files, 1 thread per graph (T ∥ (Se→Sd) = max(T, Se + Sd)):");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(r) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        let p = r["precision"].as_str().unwrap_or("?");
+        let ours = tract.iter().find(|(q, _)| format!("{q:?}").eq_ignore_ascii_case(p)).map(|(_, ms)| *ms);
+        println!(
+            "ort-{:<4} {:>10} {:>9.2} {:>9.2} {:>9.2} {:>11.2}   tract/ort = {:.2}",
+            p,
+            "",
+            f("teacher_ms"),
+            f("student_e_ms"),
+            f("student_d_ms"),
+            f("parallel_ms"),
+            ours.map_or(f64::NAN, |ms| ms / f("parallel_ms"))
+        );
+    }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Verify { bundle } => verify(&bundle),
         Command::Infer { bundle, int8, heatmap, images } => infer(&bundle, int8, heatmap.as_deref(), &images),
-        Command::Bench { bundle, runs, image } => bench(&bundle, runs, image.as_deref()),
+        Command::Bench { bundle, runs, image, no_reference } => {
+            let tract = bench(&bundle, runs, image.as_deref())?;
+            if !no_reference {
+                reference(&bundle, runs, &tract);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Synth { out, size, seed, train, test_good, test_defect } => {
             let counts = synth::SynthCounts { train, test_good, test_defect };
             let n =

@@ -40,6 +40,7 @@ fn fixture() -> &'static Fixture {
             seed: 1,
             dual: true,
             se_sd_weight: 0.0,
+            map: Default::default(),
             resume: false,
             false_alarm_rate: 0.01,
             golden: 2,

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::Parser;
+use dskd::detector::anomaly_map::{Fusion, MapSettings, ScoreMode};
 use dskd::train::{bundle_writer, trainer};
 
 /// Train the DSKD students (or the S-T baseline) and write a model bundle.
@@ -51,6 +52,15 @@ struct Args {
     /// `dual` = DSKD (Se and Sd); `se` = the vanilla S-T baseline (STFPM).
     #[arg(long, default_value = "dual", value_parser = ["dual", "se"])]
     students: String,
+    /// How the six level/student maps are fused.
+    #[arg(long, default_value = "sum", value_parser = ["sum", "mean", "product", "max"])]
+    fusion: String,
+    /// Gaussian sigma of the map blur, in input pixels (0 = off).
+    #[arg(long, default_value_t = 4.0)]
+    sigma: f32,
+    /// Image score: the map's max (0), or the mean of its K largest values.
+    #[arg(long, default_value_t = 0)]
+    score_top_k: usize,
     /// Weight of the optional Se–Sd agreement term in the loss (0 = off).
     #[arg(long, default_value_t = 0.0)]
     se_sd_weight: f32,
@@ -97,6 +107,13 @@ fn run(args: Args) -> Result<()> {
         (None, Some(s)) => trainer::DataSource::Split(s),
         (None, None) => bail!("give --data DIR or --split FILE"),
     };
+    let fusion = match args.fusion.as_str() {
+        "mean" => Fusion::Mean,
+        "product" => Fusion::Product,
+        "max" => Fusion::Max,
+        _ => Fusion::Sum,
+    };
+    let score = if args.score_top_k == 0 { ScoreMode::Max } else { ScoreMode::TopKMean { k: args.score_top_k } };
     let checkpoints = args.checkpoints.unwrap_or_else(|| args.out.with_extension("checkpoints"));
     let opts = trainer::TrainOptions {
         data,
@@ -112,6 +129,7 @@ fn run(args: Args) -> Result<()> {
         seed: args.seed,
         dual: args.students == "dual",
         se_sd_weight: args.se_sd_weight,
+        map: MapSettings { fusion, sigma: args.sigma, score },
         resume: args.resume,
         false_alarm_rate: args.false_alarm_rate,
         golden: args.golden,

@@ -17,7 +17,7 @@ use super::onnx::OnnxGraph;
 use super::quantize;
 use super::trainer::{TrainOptions, Trained, burn_features, load_inputs, progress_bar};
 use crate::bundle::{self, Bundle, Calibration, GoldenSample, GraphSet, Graphs, Info, Manifest, Teacher};
-use crate::detector::anomaly_map::{self, FeatureMap, MapSettings};
+use crate::detector::anomaly_map::{self, FeatureMap};
 use crate::detector::{Detector, Precision, Probe, Timings};
 use crate::preprocess;
 use crate::verify::check_golden;
@@ -104,7 +104,7 @@ fn draft_manifest(t: &Trained, opts: &TrainOptions, f32_set: GraphSet) -> Result
             f32: f32_set,
             int8: None,
         },
-        map: MapSettings::default(),
+        map: opts.map.clone(),
         calibration: Calibration {
             threshold: f32::INFINITY,
             target_false_alarm_rate: opts.false_alarm_rate,

@@ -18,7 +18,7 @@ use super::loss::dskd_loss;
 use super::nets::mobilenet_v2::{MobileNetV2, TAP_CHANNELS, TAP_STRIDES};
 use super::nets::students::Students;
 use super::weights;
-use crate::detector::anomaly_map::FeatureMap;
+use crate::detector::anomaly_map::{FeatureMap, MapSettings};
 use crate::preprocess::{self, InputSpec};
 use crate::synth::Rng;
 
@@ -48,6 +48,8 @@ pub struct TrainOptions {
     /// Both students (DSKD) or Se alone (the vanilla S-T baseline).
     pub dual: bool,
     pub se_sd_weight: f32,
+    /// How maps are fused, blurred and scored (stored in the bundle).
+    pub map: MapSettings,
     pub resume: bool,
     pub false_alarm_rate: f64,
     pub golden: usize,
