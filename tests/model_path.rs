@@ -28,6 +28,7 @@ fn fixture() -> &'static Fixture {
         let bundle = dir.path().join("bundle");
         let opts = trainer::TrainOptions {
             data: trainer::DataSource::Folder(data.join("train")),
+            arch: dskd::train::nets::backbone::Arch::MobileNetV2,
             teacher_weights: PathBuf::from("models/teachers/mobilenet_v2/mobilenet_v2-imagenet-features.safetensors"),
             out: bundle.clone(),
             checkpoints: dir.path().join("ckpt"),
@@ -110,4 +111,74 @@ fn bundle_manifest_records_training() {
     let steps: usize = m.bundle.training["steps"].parse().unwrap();
     assert_eq!(steps, 6 * 4, "32 train images / batch 8 x 6 epochs");
     assert!(m.files.len() >= 6 + 4, "graphs and golden files are hashed");
+}
+
+/// Random weights in torchvision's ResNet18 layout (the user brings real ones): every
+/// conv + BN key the loader needs, plus a classifier key it must ignore.
+fn random_resnet18_weights(path: &Path) {
+    use dskd::train::nets::backbone::{Arch, Backbone};
+    use safetensors::{Dtype, tensor::TensorView};
+    let mut rng = synth::Rng::new(5);
+    let mut net = Backbone::new(Arch::ResNet18, &burn::tensor::Device::flex());
+    let mut table: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut put = |name: String, shape: Vec<usize>, f: &mut dyn FnMut() -> f32| {
+        let n: usize = shape.iter().product();
+        let bytes = (0..n).flat_map(|_| f().to_le_bytes()).collect();
+        table.push((name, shape, bytes));
+    };
+    for (layer, conv, bn) in net.named_layers_mut() {
+        let dims: [usize; 4] = layer.conv.weight.val().dims();
+        let a = (3.0 / (dims[1] * dims[2] * dims[3]) as f32).sqrt();
+        put(format!("{conv}.weight"), dims.to_vec(), &mut || rng.range(-a, a));
+        for (key, lo, hi) in
+            [("weight", 0.8, 1.2), ("bias", -0.1, 0.1), ("running_mean", -0.1, 0.1), ("running_var", 0.8, 1.2)]
+        {
+            put(format!("{bn}.{key}"), vec![dims[0]], &mut || rng.range(lo, hi));
+        }
+    }
+    put("fc.weight".into(), vec![10, 512], &mut || 0.0);
+    let views: Vec<(String, TensorView)> =
+        table.iter().map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap())).collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// A ResNet18 teacher (torchvision layout) trains, exports and passes golden parity too.
+#[test]
+fn resnet18_teacher_trains_and_exports_with_parity() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("resnet18.safetensors");
+    random_resnet18_weights(&weights);
+    let data = dir.path().join("data");
+    synth::write_dataset(&data, 4, 64, SynthCounts { train: 10, test_good: 0, test_defect: 0 }).unwrap();
+    let opts = trainer::TrainOptions {
+        data: trainer::DataSource::Folder(data.join("train")),
+        arch: dskd::train::nets::backbone::Arch::ResNet18,
+        teacher_weights: weights,
+        out: dir.path().join("bundle"),
+        checkpoints: dir.path().join("ckpt"),
+        size: 64,
+        epochs: 1,
+        max_steps: Some(2),
+        max_train_images: None,
+        batch: 4,
+        lr: 0.005,
+        seed: 2,
+        dual: true,
+        se_sd_weight: 0.0,
+        map: Default::default(),
+        resume: false,
+        false_alarm_rate: 0.01,
+        golden: 1,
+        calibration_images: 2,
+        val_fraction: 0.2,
+        device: burn::tensor::Device::flex(),
+        device_name: "cpu".into(),
+        progress: false,
+    };
+    let trained = trainer::train(&opts).expect("training runs");
+    let m = bundle_writer::write_bundle(&trained, &opts).expect("bundle is written");
+    assert_eq!(m.teacher.arch, "resnet18");
+    assert_eq!(m.teacher.channels, vec![64, 128, 256]);
+    let checks = dskd::verify::verify(&opts.out).expect("bundle verifies");
+    assert!(checks.iter().all(|c| c.precision != Precision::F32 || c.map_error <= 1e-3), "{checks:?}");
 }

@@ -81,12 +81,12 @@ fn misshapen_teacher_key_is_named() {
 }
 
 #[test]
-fn pth_weights_get_a_conversion_hint() {
+fn unreadable_pth_weights_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let pth = dir.path().join("resnet.pth");
     std::fs::write(&pth, b"PK\x03\x04").unwrap();
     let o = train(&pth, &some_images(dir.path()), &dir.path().join("out"));
-    assert_fails(&o, &["resnet.pth", "safetensors"]);
+    assert_fails(&o, &["resnet.pth", "not a readable PyTorch file"]);
 }
 
 #[test]

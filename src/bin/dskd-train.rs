@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::Parser;
 use dskd::detector::anomaly_map::{Fusion, MapSettings, ScoreMode};
+use dskd::train::nets::backbone::Arch;
 use dskd::train::{bundle_writer, trainer};
+
+/// The MIT-licensed MobileNetV2 weights shipped in the repository.
+const SHIPPED_TEACHER: &str = "models/teachers/mobilenet_v2/mobilenet_v2-imagenet-features.safetensors";
 
 /// Train the DSKD students (or the S-T baseline) and write a model bundle.
 #[derive(Parser, Debug)]
@@ -20,12 +24,13 @@ struct Args {
     /// Split file (`role<TAB>path`): `train` fits, `val` holds out, `test` is ignored.
     #[arg(long)]
     split: Option<PathBuf>,
-    /// Teacher architecture (only mobilenet_v2 is implemented).
-    #[arg(long, default_value = "mobilenet_v2")]
+    /// Teacher architecture.
+    #[arg(long, default_value = "mobilenet_v2", value_parser = Arch::NAMES)]
     teacher: String,
-    /// Teacher weights (.safetensors, torchvision key layout).
-    #[arg(long, default_value = "models/teachers/mobilenet_v2/mobilenet_v2-imagenet-features.safetensors")]
-    teacher_weights: PathBuf,
+    /// Teacher weights in torchvision's key layout: `.safetensors`, or torchvision's `.pth`
+    /// [default for mobilenet_v2: the shipped models/teachers/mobilenet_v2 weights].
+    #[arg(long)]
+    teacher_weights: Option<PathBuf>,
     /// Output bundle directory.
     #[arg(long)]
     out: PathBuf,
@@ -99,9 +104,14 @@ fn device(name: &str) -> Result<burn::tensor::Device> {
 }
 
 fn run(args: Args) -> Result<()> {
-    if args.teacher != "mobilenet_v2" {
-        bail!("--teacher {}: only mobilenet_v2 is implemented in this build", args.teacher);
-    }
+    let arch = Arch::parse(&args.teacher).expect("clap checked the name");
+    let teacher_weights = match (args.teacher_weights, arch) {
+        (Some(w), _) => w,
+        (None, Arch::MobileNetV2) => PathBuf::from(SHIPPED_TEACHER),
+        (None, _) => {
+            bail!("--teacher {} needs --teacher-weights (torchvision layout, .safetensors or .pth)", args.teacher)
+        }
+    };
     let data = match (args.data, args.split) {
         (Some(d), _) => trainer::DataSource::Folder(d),
         (None, Some(s)) => trainer::DataSource::Split(s),
@@ -117,7 +127,8 @@ fn run(args: Args) -> Result<()> {
     let checkpoints = args.checkpoints.unwrap_or_else(|| args.out.with_extension("checkpoints"));
     let opts = trainer::TrainOptions {
         data,
-        teacher_weights: args.teacher_weights,
+        arch,
+        teacher_weights,
         out: args.out,
         checkpoints,
         size: args.size,

@@ -12,7 +12,6 @@ use anyhow::{Context, Result, bail};
 
 use super::calibrate::calibrate;
 use super::export::{self, INPUT, LEVELS};
-use super::nets::mobilenet_v2::{TAP_CHANNELS, TAP_STRIDES, TAPS};
 use super::onnx::OnnxGraph;
 use super::quantize;
 use super::trainer::{TrainOptions, Trained, burn_features, load_inputs, progress_bar};
@@ -35,11 +34,11 @@ struct Exported {
     student_d: Option<OnnxGraph>,
 }
 
-fn export(t: &Trained) -> Exported {
-    let (c, s) = (&TAP_CHANNELS[..], &TAP_STRIDES[..]);
+fn export(t: &Trained, opts: &TrainOptions) -> Exported {
+    let (c, s) = (&opts.arch.tap_channels()[..], &opts.arch.tap_strides()[..]);
     Exported {
-        teacher: export::mobilenet_graph("teacher", &t.teacher, &t.spec, c, s),
-        student_e: export::mobilenet_graph("student_e", &t.students.se, &t.spec, c, s),
+        teacher: export::backbone_graph("teacher", &t.teacher, &t.spec, c, s),
+        student_e: export::backbone_graph("student_e", &t.students.se, &t.spec, c, s),
         student_d: export::student_d_graph(&t.students, &t.spec, c, s),
     }
 }
@@ -92,10 +91,10 @@ fn draft_manifest(t: &Trained, opts: &TrainOptions, f32_set: GraphSet) -> Result
         },
         input: t.spec.clone(),
         teacher: Teacher {
-            arch: "mobilenet_v2".into(),
-            taps: TAPS.iter().map(|i| format!("features.{i}")).collect(),
-            channels: TAP_CHANNELS.to_vec(),
-            strides: TAP_STRIDES.to_vec(),
+            arch: opts.arch.name().into(),
+            taps: opts.arch.tap_names(),
+            channels: opts.arch.tap_channels().to_vec(),
+            strides: opts.arch.tap_strides().to_vec(),
             weights_sha256,
         },
         graphs: Graphs {
@@ -236,7 +235,7 @@ fn write_int8(dir: &Path, t: &Trained, opts: &TrainOptions, g: &Exported, m: &mu
 pub fn write_bundle(t: &Trained, opts: &TrainOptions) -> Result<Manifest> {
     let dir = opts.out.as_path();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let graphs = export(t);
+    let graphs = export(t, opts);
     let f32_set = write_graphs(dir, &graphs, "")?;
     let mut m = draft_manifest(t, opts, f32_set)?;
     let f32_error = write_golden(dir, t, opts, &mut m)?;

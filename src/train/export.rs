@@ -11,8 +11,10 @@
 use burn::nn::BatchNorm;
 use burn::prelude::*;
 
+use super::nets::backbone::Backbone;
 use super::nets::layers::{Act, ConvBn, ResBlock};
 use super::nets::mobilenet_v2::MobileNetV2;
+use super::nets::resnet::ResNet;
 use super::nets::students::{Decoder, DfEmbedding, Students};
 use super::onnx::OnnxGraph;
 use crate::preprocess::InputSpec;
@@ -73,6 +75,17 @@ fn mobilenet(g: &mut OnnxGraph, x: String, net: &MobileNetV2) -> Vec<String> {
     taps
 }
 
+fn resnet(g: &mut OnnxGraph, x: String, net: &ResNet) -> Vec<String> {
+    let stem = conv_bn(g, x, &net.stem);
+    let mut x = g.max_pool(stem);
+    let mut taps = Vec::new();
+    for layer in &net.layers {
+        x = layer.iter().fold(x, |x, b| res_block(g, x, b));
+        taps.push(x.clone());
+    }
+    taps
+}
+
 fn res_block(g: &mut OnnxGraph, x: String, b: &ResBlock) -> String {
     let skip = match &b.shortcut {
         Some(s) => conv_bn(g, x.clone(), s),
@@ -129,17 +142,21 @@ fn set_outputs(g: &mut OnnxGraph, outs: Vec<String>, shapes: &[Vec<usize>]) {
     }
 }
 
-/// A graph `image -> f1..f3` for a MobileNetV2 (the teacher or Se).
-pub fn mobilenet_graph(
+/// A graph `image -> f1..f3` for a backbone (the teacher or Se).
+pub fn backbone_graph(
     name: &str,
-    net: &MobileNetV2,
+    net: &Backbone,
     spec: &InputSpec,
     channels: &[usize],
     strides: &[usize],
 ) -> OnnxGraph {
     let mut g = OnnxGraph::new(name);
     g.inputs.push((INPUT.into(), vec![1, 3, spec.height as usize, spec.width as usize]));
-    let taps = mobilenet(&mut g, INPUT.into(), net);
+    let taps = match (&net.mobilenet_v2, &net.resnet) {
+        (Some(m), _) => mobilenet(&mut g, INPUT.into(), m),
+        (None, Some(r)) => resnet(&mut g, INPUT.into(), r),
+        (None, None) => unreachable!("a backbone has one architecture"),
+    };
     set_outputs(&mut g, taps, &level_shapes(spec, channels, strides));
     g
 }

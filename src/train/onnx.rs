@@ -116,6 +116,19 @@ impl OnnxGraph {
         )
     }
 
+    /// 3x3 stride-2 max-pool with padding 1 (the ResNet stem).
+    pub fn max_pool(&mut self, x: String) -> String {
+        self.add_node(
+            "MaxPool",
+            vec![x],
+            vec![
+                ("kernel_shape", Attr::Ints(vec![3, 3])),
+                ("strides", Attr::Ints(vec![2, 2])),
+                ("pads", Attr::Ints(vec![1; 4])),
+            ],
+        )
+    }
+
     pub fn relu(&mut self, x: String) -> String {
         self.add_node("Relu", vec![x], vec![])
     }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::data::{self, DataSet};
 use super::loss::dskd_loss;
-use super::nets::mobilenet_v2::{MobileNetV2, TAP_CHANNELS, TAP_STRIDES};
+use super::nets::backbone::{Arch, Backbone};
 use super::nets::students::Students;
 use super::weights;
 use crate::detector::anomaly_map::{FeatureMap, MapSettings};
@@ -33,6 +33,7 @@ pub enum DataSource {
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
     pub data: DataSource,
+    pub arch: Arch,
     pub teacher_weights: PathBuf,
     pub out: PathBuf,
     pub checkpoints: PathBuf,
@@ -81,7 +82,7 @@ struct State {
 /// The outcome of training, before export.
 pub struct Trained {
     pub students: Students,
-    pub teacher: MobileNetV2,
+    pub teacher: Backbone,
     pub spec: InputSpec,
     pub data: DataSet,
     pub best_val_loss: f32,
@@ -135,7 +136,7 @@ pub fn to_feature_maps(t: Tensor<4>) -> Vec<FeatureMap> {
 
 /// Runs the frozen teacher over all inputs once.
 fn teacher_features(
-    teacher: &MobileNetV2,
+    teacher: &Backbone,
     inputs: Vec<Vec<f32>>,
     spec: &InputSpec,
     device: &Device,
@@ -197,7 +198,7 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
     spec.validate()?;
     let device = opts.device.clone();
     device.seed(opts.seed);
-    let teacher = weights::load_mobilenet_v2(&opts.teacher_weights, &device)?;
+    let teacher = weights::load_teacher(opts.arch, &opts.teacher_weights, &device)?;
 
     let mut data = match &opts.data {
         DataSource::Folder(dir) => data::from_folder(dir, opts.val_fraction)?,
@@ -212,7 +213,7 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
     let val = teacher_features(&teacher, load_inputs(&data.val, &spec, opts.progress)?, &spec, &device, opts.progress);
 
     let ad = device.clone().autodiff();
-    let mut students = Students::new(opts.dual, &TAP_CHANNELS, &TAP_STRIDES, &ad);
+    let mut students = Students::new(opts.arch, opts.dual, &ad);
     let mut state = State { epoch: 0, steps: 0, best_val_loss: f32::INFINITY, seed: opts.seed, images_per_s: 0.0 };
     std::fs::create_dir_all(&opts.checkpoints).with_context(|| format!("creating {}", opts.checkpoints.display()))?;
     let (last, best_path, state_path) =

@@ -1,68 +1,79 @@
-//! Pretrained teacher weights from a safetensors file in torchvision's key layout.
+//! Pretrained teacher weights in torchvision's key layout, from `.safetensors` or from
+//! torchvision's own `.pth` (the zip format of `torch.save(model.state_dict())`).
 //!
 //! Every key the architecture needs must be present with the exact shape and dtype F32;
 //! otherwise loading fails with an error that names the file and the key. BatchNorm running
-//! statistics are loaded too: the teacher always runs in inference mode.
+//! statistics are loaded too: the teacher always runs in inference mode. Extra keys (the
+//! classifier, `layer4`, `num_batches_tracked`) are ignored.
 
 use std::path::{Path, PathBuf};
 
 use burn::module::{Param, RunningState};
 use burn::prelude::*;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 
+use super::nets::backbone::{Arch, Backbone};
 use super::nets::layers::ConvBn;
-use super::nets::mobilenet_v2::MobileNetV2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: not a safetensors file: {message}")]
-    Format { path: PathBuf, message: String },
+    #[error("{path}: not a readable {format} file: {message}")]
+    Format { path: PathBuf, format: &'static str, message: String },
     #[error("{path}: missing key `{key}` (expected torchvision's {arch} layout)")]
     Missing { path: PathBuf, key: String, arch: &'static str },
     #[error("{path}: key `{key}` has shape {found:?}, expected {expected:?}")]
     Shape { path: PathBuf, key: String, found: Vec<usize>, expected: Vec<usize> },
     #[error("{path}: key `{key}` has dtype {dtype}, expected F32")]
     Dtype { path: PathBuf, key: String, dtype: String },
-    #[error(
-        "{path}: only .safetensors teacher weights are read; convert a torchvision .pth with `safetensors.torch.save_file(torch.load(f), out)`"
-    )]
-    Unsupported { path: PathBuf },
 }
 
-/// The tensors of one safetensors file, read with key/shape/dtype checks.
+/// The tensors of one weights file.
+enum Tensors<'a> {
+    Safetensors(SafeTensors<'a>),
+    Pth(pytorch_reader::PytorchReader),
+}
+
+/// (dtype is F32, dtype name, shape, little-endian bytes) of one tensor, if present.
+type Raw = (bool, String, Vec<usize>, Vec<u8>);
+
 struct WeightFile<'a> {
     path: &'a Path,
-    tensors: SafeTensors<'a>,
-    arch: &'static str,
+    tensors: Tensors<'a>,
+    arch: Arch,
 }
 
 impl WeightFile<'_> {
-    fn get(&self, key: &str, expected: &[usize], device: &Device) -> Result<TensorData, WeightsError> {
-        let view = self.tensors.tensor(key).map_err(|_| WeightsError::Missing {
-            path: self.path.to_owned(),
-            key: key.to_owned(),
-            arch: self.arch,
-        })?;
-        if view.dtype() != Dtype::F32 {
-            return Err(WeightsError::Dtype {
-                path: self.path.to_owned(),
-                key: key.to_owned(),
-                dtype: format!("{:?}", view.dtype()),
-            });
+    fn raw(&self, key: &str) -> Result<Option<Raw>, WeightsError> {
+        Ok(match &self.tensors {
+            Tensors::Safetensors(st) => st.tensor(key).ok().map(|v| {
+                let f32 = v.dtype() == safetensors::Dtype::F32;
+                (f32, format!("{:?}", v.dtype()), v.shape().to_vec(), v.data().to_vec())
+            }),
+            Tensors::Pth(r) => match r.get(key) {
+                None => None,
+                Some(t) => {
+                    let bytes = t.read().map_err(|source| WeightsError::Io { path: self.path.to_owned(), source })?;
+                    let f32 = t.dtype() == pytorch_reader::DType::F32;
+                    Some((f32, format!("{:?}", t.dtype()), t.shape().to_vec(), bytes))
+                }
+            },
+        })
+    }
+
+    fn get(&self, key: &str, expected: &[usize]) -> Result<TensorData, WeightsError> {
+        let path = self.path.to_owned();
+        let Some((is_f32, dtype, shape, bytes)) = self.raw(key)? else {
+            return Err(WeightsError::Missing { path, key: key.to_owned(), arch: self.arch.name() });
+        };
+        if !is_f32 {
+            return Err(WeightsError::Dtype { path, key: key.to_owned(), dtype });
         }
-        if view.shape() != expected {
-            return Err(WeightsError::Shape {
-                path: self.path.to_owned(),
-                key: key.to_owned(),
-                found: view.shape().to_vec(),
-                expected: expected.to_vec(),
-            });
+        if shape != expected {
+            return Err(WeightsError::Shape { path, key: key.to_owned(), found: shape, expected: expected.to_vec() });
         }
-        let _ = device;
-        let values: Vec<f32> =
-            view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         Ok(TensorData::new(values, expected.to_vec()))
     }
 
@@ -72,32 +83,38 @@ impl WeightFile<'_> {
         let c = w_shape[0];
         let t = |data: TensorData| -> Tensor<1> { Tensor::from_data(data, device) };
         layer.conv.weight =
-            Param::from_tensor(Tensor::from_data(self.get(&format!("{conv}.weight"), &w_shape, device)?, device));
-        layer.bn.gamma = Param::from_tensor(t(self.get(&format!("{bn}.weight"), &[c], device)?));
-        layer.bn.beta = Param::from_tensor(t(self.get(&format!("{bn}.bias"), &[c], device)?));
-        layer.bn.running_mean = RunningState::new(t(self.get(&format!("{bn}.running_mean"), &[c], device)?));
-        layer.bn.running_var = RunningState::new(t(self.get(&format!("{bn}.running_var"), &[c], device)?));
+            Param::from_tensor(Tensor::from_data(self.get(&format!("{conv}.weight"), &w_shape)?, device));
+        layer.bn.gamma = Param::from_tensor(t(self.get(&format!("{bn}.weight"), &[c])?));
+        layer.bn.beta = Param::from_tensor(t(self.get(&format!("{bn}.bias"), &[c])?));
+        layer.bn.running_mean = RunningState::new(t(self.get(&format!("{bn}.running_mean"), &[c])?));
+        layer.bn.running_var = RunningState::new(t(self.get(&format!("{bn}.running_var"), &[c])?));
         Ok(())
     }
 }
 
-/// Reads the file and checks it is safetensors (not a pickle).
-fn read(path: &Path) -> Result<Vec<u8>, WeightsError> {
-    if path.extension().is_some_and(|e| e == "pth" || e == "pt") {
-        return Err(WeightsError::Unsupported { path: path.to_owned() });
-    }
-    std::fs::read(path).map_err(|source| WeightsError::Io { path: path.to_owned(), source })
-}
-
-/// A MobileNetV2 teacher (to `features.13`) with pretrained weights, in inference mode.
-pub fn load_mobilenet_v2(path: &Path, device: &Device) -> Result<MobileNetV2, WeightsError> {
-    let bytes = read(path)?;
-    let tensors = SafeTensors::deserialize(&bytes)
-        .map_err(|e| WeightsError::Format { path: path.to_owned(), message: e.to_string() })?;
-    let file = WeightFile { path, tensors, arch: "mobilenet_v2" };
-    let mut net = MobileNetV2::new(device);
-    let names: Vec<(String, String)> = net.param_names().into_iter().map(|(_, c, b)| (c, b)).collect();
-    for (layer, (conv, bn)) in net.layers_mut().into_iter().zip(names) {
+/// A teacher of `arch` with pretrained weights from `path`, in inference mode.
+pub fn load_teacher(arch: Arch, path: &Path, device: &Device) -> Result<Backbone, WeightsError> {
+    let is_pth = path.extension().is_some_and(|e| e == "pth" || e == "pt");
+    let bytes;
+    let tensors = if is_pth {
+        let r = pytorch_reader::PytorchReader::new(path).map_err(|e| WeightsError::Format {
+            path: path.to_owned(),
+            format: "PyTorch",
+            message: e.to_string(),
+        })?;
+        Tensors::Pth(r)
+    } else {
+        bytes = std::fs::read(path).map_err(|source| WeightsError::Io { path: path.to_owned(), source })?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| WeightsError::Format {
+            path: path.to_owned(),
+            format: "safetensors",
+            message: e.to_string(),
+        })?;
+        Tensors::Safetensors(st)
+    };
+    let file = WeightFile { path, tensors, arch };
+    let mut net = Backbone::new(arch, device);
+    for (layer, conv, bn) in net.named_layers_mut() {
         file.load_conv_bn(layer, &conv, &bn, device)?;
     }
     Ok(net.valid())

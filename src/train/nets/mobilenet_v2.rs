@@ -17,7 +17,6 @@ const STAGES: [(usize, usize, usize, usize); 5] =
 /// `features.N` indices whose outputs are the pyramid taps.
 pub const TAPS: [usize; 3] = [3, 6, 13];
 pub const TAP_CHANNELS: [usize; 3] = [24, 32, 96];
-pub const TAP_STRIDES: [usize; 3] = [4, 8, 16];
 
 /// One inverted residual block: (expand 1x1) -> depthwise 3x3 -> project 1x1 (linear).
 #[derive(Module, Debug)]
@@ -80,27 +79,26 @@ impl MobileNetV2 {
         taps
     }
 
-    /// Every ConvBn in forward order with its torchvision (conv, bn) name prefixes.
-    pub fn param_names(&self) -> Vec<(&ConvBn, String, String)> {
-        let mut out = vec![(&self.stem, "features.0.0".to_string(), "features.0.1".to_string())];
+    /// torchvision (conv, bn) name prefixes of every ConvBn, in [`layers_mut`](Self::layers_mut) order.
+    pub fn param_names(&self) -> Vec<(String, String)> {
+        let mut out = vec![("features.0.0".to_string(), "features.0.1".to_string())];
         for (i, block) in self.blocks.iter().enumerate() {
             let f = format!("features.{}.conv", i + 1);
             let n = block.layers.len();
-            for (j, layer) in block.layers.iter().enumerate() {
+            for j in 0..n {
                 // The last (project) layer is a bare conv + BN at `conv.{j}` / `conv.{j+1}`;
                 // the others are ConvBNReLU sequences at `conv.{j}.0` / `conv.{j}.1`.
-                let names = if j + 1 == n {
+                out.push(if j + 1 == n {
                     (format!("{f}.{j}"), format!("{f}.{}", j + 1))
                 } else {
                     (format!("{f}.{j}.0"), format!("{f}.{j}.1"))
-                };
-                out.push((layer, names.0, names.1));
+                });
             }
         }
         out
     }
 
-    /// Mutable twin of [`param_names`](Self::param_names), for loading weights.
+    /// Every ConvBn in forward order, for loading weights.
     pub fn layers_mut(&mut self) -> Vec<&mut ConvBn> {
         let mut out = vec![&mut self.stem];
         for block in &mut self.blocks {

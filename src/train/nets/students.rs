@@ -16,8 +16,8 @@ use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
+use super::backbone::{Arch, Backbone};
 use super::layers::{Act, ConvBn, ResBlock};
-use super::mobilenet_v2::MobileNetV2;
 
 /// Bottleneck channels of the DF embedding for a teacher whose deepest tap has `c3` channels.
 pub fn bottleneck_channels(c3: usize) -> usize {
@@ -125,7 +125,7 @@ impl Decoder {
 /// Se, and for DSKD the DF embedding and Sd.
 #[derive(Module, Debug)]
 pub struct Students {
-    pub se: MobileNetV2,
+    pub se: Backbone,
     pub df: Option<DfEmbedding>,
     pub sd: Option<Decoder>,
 }
@@ -137,11 +137,12 @@ pub struct StudentFeatures {
 }
 
 impl Students {
-    pub fn new(dual: bool, channels: &[usize], strides: &[usize], device: &Device) -> Self {
+    pub fn new(arch: Arch, dual: bool, device: &Device) -> Self {
+        let (channels, strides) = (arch.tap_channels(), arch.tap_strides());
         Self {
-            se: MobileNetV2::new(device),
-            df: dual.then(|| DfEmbedding::new(channels, strides, device)),
-            sd: dual.then(|| Decoder::new(channels, device)),
+            se: Backbone::new(arch, device),
+            df: dual.then(|| DfEmbedding::new(&channels, &strides, device)),
+            sd: dual.then(|| Decoder::new(&channels, device)),
         }
     }
 
