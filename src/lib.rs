@@ -20,9 +20,15 @@
 //! - `train` (feature `train`): the trainer behind `dskd-train`.
 
 pub mod bundle;
+pub mod config;
 pub mod detector;
 pub mod overlay;
+pub mod pipeline;
 pub mod preprocess;
+pub mod queue;
+pub mod service;
+pub mod sink;
+pub mod source;
 pub mod synth;
 #[cfg(feature = "train")]
 pub mod train;

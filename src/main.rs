@@ -22,6 +22,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the daemon: frames in, verdicts out (stdout, MQTT).
+    Run {
+        /// Configuration file (see config/dskd.toml for every key).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override one key, e.g. `--set queue.capacity=4` (beats file and environment).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        overrides: Vec<String>,
+    },
     /// Check a bundle: hashes, every graph loads in tract, golden maps reproduced.
     Verify { bundle: PathBuf },
     /// Inspect images: one JSON line each (score, threshold, verdict, regions, timings).
@@ -242,8 +251,40 @@ fn reference(bundle: &Path, runs: usize, tract: &NetworkTimes) {
     }
 }
 
+/// `dskd run`: the daemon until its source ends or SIGTERM / SIGINT.
+fn run_daemon(config: Option<&Path>, overrides: &[String]) -> Result<ExitCode> {
+    let overrides: Vec<(String, String)> = overrides
+        .iter()
+        .map(|o| o.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect::<Option<_>>()
+        .context("--set takes SECTION.KEY=VALUE")?;
+    let cfg = dskd::config::Config::load(config, &overrides)?;
+    let source = dskd::pipeline::ConfigSource { file: config.map(Path::to_path_buf), overrides };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (hup_tx, hup_rx) = tokio::sync::mpsc::channel(4);
+        let (mut term, mut hup) = (signal(SignalKind::terminate())?, signal(SignalKind::hangup())?);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => break,
+                    _ = hup.recv() => { let _ = hup_tx.send(()).await; }
+                }
+            }
+            tracing::info!("shutting down: draining frames and flushing the outbox");
+            let _ = stop_tx.send(true);
+        });
+        dskd::pipeline::run(cfg, source, dskd::pipeline::Controls { shutdown: stop_rx, reload: hup_rx }).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Run { config, overrides } => run_daemon(config.as_deref(), &overrides),
         Command::Verify { bundle } => verify(&bundle),
         Command::Infer { bundle, int8, heatmap, images } => infer(&bundle, int8, heatmap.as_deref(), &images),
         Command::Bench { bundle, runs, image, no_reference } => {
@@ -263,11 +304,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// `RUST_LOG` if set; else info, with the embedded broker's per-connection chatter silenced.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"))
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(log_filter()).with_writer(std::io::stderr).init();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

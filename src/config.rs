@@ -1,0 +1,280 @@
+//! Typed daemon configuration: defaults < file < `DSKD_SECTION__KEY` environment < CLI.
+//!
+//! Every section denies unknown keys, so a typo is an error that names the key and the file
+//! instead of a silently ignored setting. `config/dskd.toml` documents every key.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Camera / line position name; used in topics (`dskd/<camera>`) and events.
+    pub camera: String,
+    pub source: SourceConfig,
+    pub trigger: TriggerConfig,
+    pub detector: DetectorConfig,
+    pub queue: QueueConfig,
+    pub mqtt: MqttConfig,
+    pub outbox: OutboxConfig,
+    pub stdout: StdoutConfig,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// Replay image files from a folder.
+    Dir,
+    /// Read a stream of JPEG or PNM frames from a command's stdout.
+    Pipe,
+    /// Procedural surface images (`dskd synth`), a defect every `defect_every` frames.
+    Synthetic,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// `dir`: the folder to replay.
+    pub path: PathBuf,
+    /// `dir`: start again at the first file after the last.
+    pub r#loop: bool,
+    /// Frames per second a `dir` or `synthetic` source produces (0 = as fast as possible).
+    pub rate_hz: f64,
+    /// `pipe`: the command (run by `sh -c`) whose stdout carries the frames.
+    pub command: String,
+    /// `synthetic`: image size in pixels.
+    pub size: u32,
+    /// `synthetic`: every N-th frame carries a defect (0 = never).
+    pub defect_every: u64,
+    /// `synthetic`: stop after this many frames (0 = never).
+    pub frames: u64,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            kind: SourceKind::Synthetic,
+            path: PathBuf::new(),
+            r#loop: false,
+            rate_hz: 5.0,
+            command: String::new(),
+            size: 256,
+            defect_every: 5,
+            frames: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerMode {
+    /// Inspect every frame (drop-oldest when inference is slower than the source).
+    FreeRun,
+    /// Inspect at most one frame per `interval_ms`.
+    Interval,
+    /// Inspect the next frame after each `<prefix>/cmd/trigger` command.
+    External,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriggerConfig {
+    pub mode: TriggerMode,
+    pub interval_ms: u64,
+}
+
+impl Default for TriggerConfig {
+    fn default() -> Self {
+        Self { mode: TriggerMode::FreeRun, interval_ms: 1000 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorConfig {
+    /// The model bundle directory.
+    pub bundle: PathBuf,
+    /// Run the int8 graphs instead of f32.
+    pub int8: bool,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self { bundle: PathBuf::from("models/demo"), int8: false }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Frames waiting for the detector; the oldest is dropped (and counted) when full.
+    pub capacity: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self { capacity: 2 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub enabled: bool,
+    pub host: String,
+    pub port: u16,
+    /// Topic prefix [default: `dskd/<camera>`].
+    pub prefix: String,
+    pub client_id: String,
+    pub keep_alive_s: u64,
+    /// Start an in-process broker (rumqttd) on `host:port`: demo and tests need nothing
+    /// installed. Production points at mosquitto/EMQX instead.
+    pub embedded_broker: bool,
+    /// Also publish every verdict (ok or not) on `<prefix>/results`, QoS 0.
+    pub results: bool,
+    /// Reconnect back-off: first wait and cap, in milliseconds.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            host: "127.0.0.1".into(),
+            port: 1883,
+            prefix: String::new(),
+            client_id: String::new(),
+            keep_alive_s: 5,
+            embedded_broker: false,
+            results: false,
+            backoff_initial_ms: 200,
+            backoff_max_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// SQLite file holding events until the broker acknowledges them.
+    pub path: PathBuf,
+    /// Unsent events kept at most; the oldest are dropped (and counted) beyond it.
+    pub max_events: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self { path: PathBuf::from("dskd-outbox.sqlite"), max_events: 10_000 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StdoutConfig {
+    /// Print every verdict as a JSON line.
+    pub enabled: bool,
+}
+
+impl Default for StdoutConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            camera: "cam0".into(),
+            source: SourceConfig::default(),
+            trigger: TriggerConfig::default(),
+            detector: DetectorConfig::default(),
+            queue: QueueConfig::default(),
+            mqtt: MqttConfig::default(),
+            outbox: OutboxConfig::default(),
+            stdout: StdoutConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Layers defaults, the file, `DSKD_*` environment and `overrides` (`section.key=value`).
+    pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Self, ConfigError> {
+        let shown = file.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("<defaults>"));
+        let invalid = |message: String| ConfigError::Invalid { path: shown.clone(), message };
+        let defaults = config::Config::try_from(&Config::default()).map_err(|e| invalid(e.to_string()))?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(invalid("no such file".into()));
+            }
+            builder = builder.add_source(config::File::from(f).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(config::Environment::with_prefix("DSKD").separator("__").try_parsing(true));
+        for (key, value) in overrides {
+            builder = builder.set_override(key.as_str(), value.as_str()).map_err(|e| invalid(e.to_string()))?;
+        }
+        let cfg: Config = builder.build().and_then(|c| c.try_deserialize()).map_err(|e| invalid(e.to_string()))?;
+        cfg.validate().map_err(invalid)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.queue.capacity == 0 {
+            return Err("queue.capacity must be at least 1".into());
+        }
+        if self.source.kind == SourceKind::Dir && self.source.path.as_os_str().is_empty() {
+            return Err("source.path is required for source.kind = \"dir\"".into());
+        }
+        if self.source.kind == SourceKind::Pipe && self.source.command.is_empty() {
+            return Err("source.command is required for source.kind = \"pipe\"".into());
+        }
+        if self.trigger.mode == TriggerMode::External && !self.mqtt.enabled {
+            return Err("trigger.mode = \"external\" needs mqtt.enabled = true".into());
+        }
+        Ok(())
+    }
+
+    /// The MQTT topic prefix.
+    pub fn prefix(&self) -> String {
+        if self.mqtt.prefix.is_empty() { format!("dskd/{}", self.camera) } else { self.mqtt.prefix.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_configs_parse() {
+        for f in ["config/dskd.toml", "config/demo.toml"] {
+            Config::load(Some(Path::new(f)), &[]).unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bad.toml");
+        std::fs::write(&f, "[queue]\ncapactiy = 3\n").unwrap();
+        let e = Config::load(Some(&f), &[]).unwrap_err().to_string();
+        assert!(e.contains("bad.toml") && e.contains("capactiy"), "{e}");
+    }
+
+    #[test]
+    fn cli_overrides_beat_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[queue]\ncapacity = 3\n").unwrap();
+        let c = Config::load(Some(&f), &[("queue.capacity".into(), "7".into())]).unwrap();
+        assert_eq!(c.queue.capacity, 7);
+    }
+}

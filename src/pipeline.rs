@@ -1,0 +1,255 @@
+//! The running daemon: source -> bounded frame queue (drop-oldest) -> detector -> sinks.
+//!
+//! This is the only module that knows more than one component. Shutdown follows the
+//! mini-redis/vector pattern: only the source is told to stop; the detector loop ends when
+//! the queue closes and drains, then the report channel closes and the MQTT sink flushes.
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tokio::sync::{mpsc, watch};
+
+use crate::bundle::{self, Bundle};
+use crate::config::{Config, TriggerMode};
+use crate::detector::{Detector, Inspection, Precision, verdict};
+use crate::queue::DropOldest;
+use crate::service;
+use crate::sink::outbox::Outbox;
+use crate::sink::{self, Command, Latency, Message, ModelRef, Report};
+use crate::source::{self, Frame};
+
+/// Loads and checks the bundle exactly as `dskd verify` does; a bundle that fails is refused.
+pub fn load_detector(cfg: &Config) -> Result<(Arc<Detector>, ModelRef)> {
+    let dir = &cfg.detector.bundle;
+    let b = Bundle::open(dir).with_context(|| format!("opening bundle {}", dir.display()))?;
+    let precision = if cfg.detector.int8 { Precision::Int8 } else { Precision::F32 };
+    let det = Detector::load(&b, precision)?;
+    for c in crate::verify::check_golden(&b, &det)? {
+        if !c.ok {
+            bail!(
+                "{}: golden parity failed on {} (error {:.2e} > {:.1e})",
+                dir.display(),
+                c.image,
+                c.map_error,
+                c.tolerance
+            );
+        }
+    }
+    let model = ModelRef {
+        name: b.manifest.bundle.name.clone(),
+        version: b.manifest.bundle.version.clone(),
+        sha256: bundle::sha256_file(&dir.join(bundle::MANIFEST))?,
+        precision: format!("{precision:?}").to_lowercase(),
+    };
+    Ok((Arc::new(det), model))
+}
+
+fn report(cfg: &Config, frame: &Frame, insp: &Inspection, model: &ModelRef, request_id: Option<String>) -> Report {
+    let v = &insp.verdict;
+    Report {
+        id: uuid::Uuid::now_v7().to_string(),
+        timestamp: sink::rfc3339(frame.captured),
+        camera: cfg.camera.clone(),
+        frame_seq: frame.seq,
+        origin: frame.origin.clone(),
+        verdict: if v.defect { "defect" } else { "ok" }.into(),
+        score: v.score,
+        threshold: v.threshold,
+        severity: v.severity,
+        regions: serde_json::to_value(&v.regions).expect("regions serialise"),
+        model: model.clone(),
+        latency_ms: Latency {
+            frame_to_verdict: frame.read_at.elapsed().as_secs_f64() * 1e3,
+            inference: insp.timings.total_ms,
+        },
+        request_id,
+    }
+}
+
+/// What the trigger mode says about the next frame.
+struct Trigger {
+    mode: TriggerMode,
+    interval: Duration,
+    last: Option<Instant>,
+    /// Request ids of external triggers not yet served, oldest first.
+    pending: VecDeque<String>,
+}
+
+impl Trigger {
+    /// `Some(request_id)` when this frame is to be inspected.
+    fn take(&mut self) -> Option<Option<String>> {
+        match self.mode {
+            TriggerMode::FreeRun => Some(None),
+            TriggerMode::Interval => {
+                let due = self.last.is_none_or(|t| t.elapsed() >= self.interval);
+                due.then(|| {
+                    self.last = Some(Instant::now());
+                    None
+                })
+            }
+            TriggerMode::External => self.pending.pop_front().map(Some),
+        }
+    }
+}
+
+fn broker_addr(cfg: &Config) -> Result<SocketAddr> {
+    (cfg.mqtt.host.as_str(), cfg.mqtt.port)
+        .to_socket_addrs()
+        .with_context(|| format!("mqtt.host {}:{}", cfg.mqtt.host, cfg.mqtt.port))?
+        .next()
+        .with_context(|| format!("mqtt.host {} resolves to no address", cfg.mqtt.host))
+}
+
+/// Starts the MQTT sink (and the embedded broker if configured); returns its sender.
+fn start_mqtt(
+    cfg: &Config,
+    model: &ModelRef,
+    commands: mpsc::Sender<Command>,
+) -> Result<(mpsc::Sender<Message>, tokio::task::JoinHandle<()>)> {
+    if cfg.mqtt.embedded_broker {
+        sink::broker::start(broker_addr(cfg)?)?;
+    }
+    let outbox = Outbox::open(&cfg.outbox.path, cfg.outbox.max_events)?;
+    let settings = sink::mqtt::Settings {
+        host: cfg.mqtt.host.clone(),
+        port: cfg.mqtt.port,
+        client_id: if cfg.mqtt.client_id.is_empty() {
+            format!("dskd-{}", cfg.camera)
+        } else {
+            cfg.mqtt.client_id.clone()
+        },
+        prefix: cfg.prefix(),
+        keep_alive: Duration::from_secs(cfg.mqtt.keep_alive_s.max(1)),
+        results: cfg.mqtt.results,
+        backoff_initial: Duration::from_millis(cfg.mqtt.backoff_initial_ms.max(1)),
+        backoff_max: Duration::from_millis(cfg.mqtt.backoff_max_ms.max(1)),
+        status: serde_json::json!({"camera": cfg.camera, "model": model.name, "version": model.version, "sha256": model.sha256}),
+    };
+    let (tx, rx) = mpsc::channel(1024);
+    let task = tokio::spawn(sink::mqtt::run(settings, outbox, rx, commands));
+    Ok((tx, task))
+}
+
+/// Where the configuration came from, so a reload can read it again.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    pub file: Option<PathBuf>,
+    pub overrides: Vec<(String, String)>,
+}
+
+/// Signals from outside the pipeline: stop (SIGTERM) and reload (SIGHUP).
+pub struct Controls {
+    pub shutdown: watch::Receiver<bool>,
+    pub reload: mpsc::Receiver<()>,
+}
+
+/// The model currently serving; replaced whole by a successful reload.
+struct Serving {
+    detector: Arc<Detector>,
+    model: ModelRef,
+}
+
+/// Re-reads config and bundle, validates (hashes, graphs, golden parity), then swaps. A bad
+/// config or bundle changes nothing; the error says why. Only `[detector]` applies live.
+async fn reload(source: &ConfigSource, serving: &mut Serving, notifier: &service::Notifier) -> Result<()> {
+    notifier.notify("RELOADING=1");
+    let src = source.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let cfg = Config::load(src.file.as_deref(), &src.overrides)?;
+        load_detector(&cfg)
+    })
+    .await?;
+    notifier.notify("READY=1");
+    let (detector, model) = loaded?;
+    tracing::info!(model = %model.name, version = %model.version, "reloaded the bundle");
+    *serving = Serving { detector, model };
+    Ok(())
+}
+
+/// Runs until the source ends or shutdown is signalled; in-flight frames are finished and the
+/// outbox flushed before it returns.
+pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Controls) -> Result<()> {
+    let mut notifier = service::Notifier::from_env();
+    let (detector, model) = load_detector(&cfg)?;
+    let mut serving = Serving { detector, model };
+    let (cmd_tx, mut cmd_rx) = mpsc::channel(64);
+    let mqtt = if cfg.mqtt.enabled { Some(start_mqtt(&cfg, &serving.model, cmd_tx)?) } else { None };
+    let queue = Arc::new(DropOldest::new(cfg.queue.capacity));
+    let source = tokio::spawn(source::run(cfg.source.clone(), queue.clone(), controls.shutdown.clone()));
+    notifier.ready(&format!("serving {} {}", serving.model.name, serving.model.version));
+    let mut trigger = Trigger {
+        mode: cfg.trigger.mode,
+        interval: Duration::from_millis(cfg.trigger.interval_ms),
+        last: None,
+        pending: VecDeque::new(),
+    };
+    let mut threshold_override: Option<f32> = None;
+    let (mut inspected, mut defects) = (0u64, 0u64);
+    let started = Instant::now();
+    loop {
+        let frame = tokio::select! {
+            f = queue.pop() => match f { Some(f) => f, None => break },
+            Some(()) = controls.reload.recv() => {
+                if let Err(e) = reload(&source_of_cfg, &mut serving, &notifier).await {
+                    tracing::error!("reload refused, the old bundle keeps serving: {e:#}");
+                }
+                continue;
+            }
+            Some(cmd) = cmd_rx.recv() => {
+                match cmd {
+                    Command::Trigger { request_id } => trigger.pending.push_back(request_id),
+                    Command::Threshold { value, .. } => threshold_override = Some(value),
+                    Command::Reload { request_id } => {
+                        let result = reload(&source_of_cfg, &mut serving, &notifier).await;
+                        if let Err(e) = &result {
+                            tracing::error!("reload refused, the old bundle keeps serving: {e:#}");
+                        }
+                        let error = result.err().map(|e| format!("{e:#}"));
+                        if let Some((tx, _)) = &mqtt {
+                            let _ = tx.send(Message::Reply { request_id, command: "reload".into(), error }).await;
+                        }
+                    }
+                }
+                continue;
+            }
+        };
+        let Some(request_id) = trigger.take() else { continue };
+        let det = serving.detector.clone();
+        let img = frame.image.clone();
+        let mut insp = match tokio::task::spawn_blocking(move || det.inspect(&img)).await? {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(frame = frame.seq, origin = %frame.origin, error = %e, "inspection failed");
+                continue;
+            }
+        };
+        if let Some(t) = threshold_override {
+            let (_, pixel) = serving.detector.thresholds();
+            let (w, h) = (frame.image.width(), frame.image.height());
+            insp.verdict = verdict::decide(&insp.map, insp.verdict.score, t, pixel, w, h);
+        }
+        inspected += 1;
+        defects += insp.verdict.defect as u64;
+        let r = report(&cfg, &frame, &insp, &serving.model, request_id);
+        if cfg.stdout.enabled {
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        if let Some((tx, _)) = &mqtt {
+            let _ = tx.send(Message::Report(Box::new(r))).await;
+        }
+        notifier.frame_done(|| format!("{inspected} frames inspected, {defects} defects, {} dropped", queue.dropped()));
+    }
+    notifier.notify("STOPPING=1");
+    let fps = inspected as f64 / started.elapsed().as_secs_f64();
+    tracing::info!(inspected, defects, dropped = queue.dropped(), fps, "frame loop finished");
+    if let Some((tx, task)) = mqtt {
+        drop(tx);
+        task.await?;
+    }
+    source.await??;
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! The MQTT sink (rumqttc), DESIGN.md §5:
+//! - `<prefix>/status`: retained JSON, `online` on every ConnAck, `offline` as the LWT and on
+//!   clean shutdown;
+//! - `<prefix>/events`: QoS 1, one JSON per defect, through the [`Outbox`];
+//! - `<prefix>/results`: QoS 0, every verdict (optional);
+//! - `<prefix>/cmd/{trigger,threshold,reload}` in, `<prefix>/cmd/reply` out; anything else under
+//!   `cmd/` (or a malformed payload) gets an error reply and a log line, never a crash.
+//!
+//! Delivery: an event is in the outbox before it is published and leaves it on PUBACK.
+//! rumqttc reports each outgoing publish's packet id in request order, so a FIFO of what we
+//! asked to publish maps packet ids back to event ids. Reconnects use capped exponential
+//! back-off (rumqttc has none) and a clean session, so after each ConnAck we re-subscribe and
+//! replay every unsent event (duplicates are possible, always with the same id).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, SystemTime};
+
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::outbox::{Outbox, Pending};
+use super::{Command, Message, Report};
+
+/// What the sink needs to know.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub prefix: String,
+    pub keep_alive: Duration,
+    pub results: bool,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// The `status` payload's fixed fields (camera, model, version).
+    pub status: serde_json::Value,
+}
+
+struct Sink {
+    s: Settings,
+    client: AsyncClient,
+    outbox: Outbox,
+    commands: mpsc::Sender<Command>,
+    connected: bool,
+    /// What we asked to publish, in order: the outbox id for events, None for the rest.
+    issued: VecDeque<Option<String>>,
+    /// Packet id -> event id, until PUBACK.
+    inflight: HashMap<u16, String>,
+    /// Capture time of each event in flight, and frame-capture-to-PUBACK latencies (ms).
+    captured: HashMap<String, SystemTime>,
+    latencies: Vec<f64>,
+}
+
+fn status(s: &Settings, state: &str) -> Vec<u8> {
+    let mut v = s.status.clone();
+    v["state"] = json!(state);
+    v["timestamp"] = json!(crate::sink::now_rfc3339());
+    v.to_string().into_bytes()
+}
+
+impl Sink {
+    fn publish(&mut self, topic: String, qos: QoS, retain: bool, payload: Vec<u8>, event: Option<String>) {
+        match self.client.try_publish(topic, qos, retain, payload) {
+            Ok(()) => self.issued.push_back(event),
+            // The event stays in the outbox and goes out on the next replay.
+            Err(e) => tracing::warn!(error = %e, "mqtt publish not queued"),
+        }
+    }
+
+    fn on_report(&mut self, r: &Report) {
+        let payload = serde_json::to_vec(r).expect("report serialises");
+        if r.is_defect() {
+            let p = Pending { id: r.id.clone(), topic: format!("{}/events", self.s.prefix), payload: payload.clone() };
+            if let Ok(t) = time::OffsetDateTime::parse(&r.timestamp, &time::format_description::well_known::Rfc3339) {
+                self.captured.insert(r.id.clone(), t.into());
+            }
+            if let Err(e) = self.outbox.insert(&p) {
+                tracing::error!(error = %e, id = %r.id, "event not stored in the outbox; publishing it anyway");
+            }
+            if self.connected {
+                self.publish(p.topic, QoS::AtLeastOnce, false, p.payload, Some(p.id));
+            }
+        }
+        if self.s.results && self.connected {
+            self.publish(format!("{}/results", self.s.prefix), QoS::AtMostOnce, false, payload, None);
+        }
+    }
+
+    fn on_connack(&mut self) {
+        self.connected = true;
+        self.inflight.clear();
+        tracing::info!(host = %self.s.host, port = self.s.port, "mqtt connected");
+        let online = status(&self.s, "online");
+        self.publish(format!("{}/status", self.s.prefix), QoS::AtLeastOnce, true, online, None);
+        if let Err(e) = self.client.try_subscribe(format!("{}/cmd/+", self.s.prefix), QoS::AtLeastOnce) {
+            tracing::warn!(error = %e, "mqtt subscribe not queued");
+        }
+        match self.outbox.unsent() {
+            Ok(pending) => {
+                if !pending.is_empty() {
+                    tracing::info!(events = pending.len(), "replaying the outbox");
+                }
+                for p in pending {
+                    self.publish(p.topic, QoS::AtLeastOnce, false, p.payload, Some(p.id));
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
+        }
+    }
+
+    fn reply(&mut self, request_id: Option<String>, command: &str, error: Option<String>) {
+        let body = json!({"request_id": request_id, "command": command, "ok": error.is_none(), "error": error});
+        self.publish(
+            format!("{}/cmd/reply", self.s.prefix),
+            QoS::AtLeastOnce,
+            false,
+            body.to_string().into_bytes(),
+            None,
+        );
+    }
+
+    async fn on_command(&mut self, topic: &str, payload: &[u8]) {
+        let name = topic.rsplit('/').next().unwrap_or_default().to_string();
+        if name == "reply" {
+            return;
+        }
+        match parse_command(&name, payload) {
+            Ok(cmd) => {
+                let id = cmd.request_id().to_string();
+                let accepted = self.commands.send(cmd).await.is_ok();
+                // A trigger's answer is its result and a reload's comes from the pipeline
+                // once it is done; a threshold change is answered here.
+                if name == "threshold" || !accepted {
+                    self.reply(Some(id), &name, (!accepted).then(|| "daemon is shutting down".into()));
+                }
+            }
+            Err((request_id, e)) => {
+                tracing::warn!(%topic, error = %e, "bad command");
+                self.reply(request_id, &name, Some(e));
+            }
+        }
+    }
+}
+
+/// Parses `cmd/<name>` payloads: `{"request_id": "...", ...}`. On error, also returns the
+/// request id if one could be read, so the reply can carry it.
+pub fn parse_command(name: &str, payload: &[u8]) -> Result<Command, (Option<String>, String)> {
+    let v: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| (None, format!("payload is not JSON: {e}")))?;
+    let request_id = v.get("request_id").and_then(|r| r.as_str()).map(str::to_string);
+    let Some(id) = request_id.clone() else {
+        return Err((None, "missing string field `request_id`".into()));
+    };
+    match name {
+        "trigger" => Ok(Command::Trigger { request_id: id }),
+        "reload" => Ok(Command::Reload { request_id: id }),
+        "threshold" => match v.get("threshold").and_then(|t| t.as_f64()) {
+            Some(t) if t.is_finite() && t > 0.0 => Ok(Command::Threshold { request_id: id, value: t as f32 }),
+            _ => Err((request_id, "`threshold` must be a positive number".into())),
+        },
+        other => Err((request_id, format!("unknown command `{other}` (trigger, threshold, reload)"))),
+    }
+}
+
+/// Runs until `reports` closes, then publishes `offline` and waits (briefly) for PUBACKs.
+pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Message>, commands: mpsc::Sender<Command>) {
+    let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
+    opts.set_keep_alive(s.keep_alive);
+    opts.set_clean_session(true);
+    opts.set_last_will(LastWill::new(format!("{}/status", s.prefix), status(&s, "offline"), QoS::AtLeastOnce, true));
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let mut sink = Sink {
+        s,
+        client,
+        outbox,
+        commands,
+        connected: false,
+        issued: VecDeque::new(),
+        inflight: HashMap::new(),
+        captured: HashMap::new(),
+        latencies: Vec::new(),
+    };
+    let mut backoff = sink.s.backoff_initial;
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            r = reports.recv() => match r {
+                Some(Message::Report(r)) => sink.on_report(&r),
+                Some(Message::Reply { request_id, command, error }) => {
+                    if sink.connected {
+                        sink.reply(Some(request_id), &command, error);
+                    }
+                }
+                None => break,
+            },
+            ev = eventloop.poll(), if retry_at.is_none() => match ev {
+                Ok(ev) => {
+                    if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
+                        backoff = sink.s.backoff_initial;
+                    }
+                    handle(&mut sink, ev).await;
+                }
+                Err(e) => {
+                    if sink.connected {
+                        tracing::warn!(error = %e, "mqtt connection lost");
+                    } else {
+                        tracing::debug!(error = %e, retry_in_ms = backoff.as_millis() as u64, "mqtt connect failed");
+                    }
+                    sink.connected = false;
+                    retry_at = Some(Instant::now() + backoff);
+                    backoff = (backoff * 2).min(sink.s.backoff_max);
+                }
+            },
+            _ = sleep_until(retry_at), if retry_at.is_some() => retry_at = None,
+        }
+    }
+    shutdown(sink, &mut eventloop).await;
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+async fn handle(sink: &mut Sink, ev: Event) {
+    match ev {
+        Event::Incoming(Packet::ConnAck(_)) => sink.on_connack(),
+        Event::Incoming(Packet::PubAck(ack)) => {
+            if let Some(id) = sink.inflight.remove(&ack.pkid) {
+                if let Some(t) = sink.captured.remove(&id)
+                    && let Ok(d) = t.elapsed()
+                    && sink.latencies.len() < 100_000
+                {
+                    sink.latencies.push(d.as_secs_f64() * 1e3);
+                }
+                if let Err(e) = sink.outbox.mark_sent(&id) {
+                    tracing::error!(error = %e, %id, "cannot mark event sent");
+                }
+            }
+        }
+        Event::Incoming(Packet::Publish(p)) => sink.on_command(&p.topic, &p.payload).await,
+        Event::Outgoing(Outgoing::Publish(pkid)) => {
+            if let Some(Some(id)) = sink.issued.pop_front() {
+                sink.inflight.insert(pkid, id);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// p50 and p99 of a latency sample.
+fn percentiles(mut v: Vec<f64>) -> Option<(f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    Some((at(0.5), at(0.99)))
+}
+
+/// Clean shutdown: `offline` status, up to 3 s for outstanding PUBACKs, disconnect.
+async fn shutdown(mut sink: Sink, eventloop: &mut EventLoop) {
+    let report = |sink: &Sink| {
+        if let Some((p50, p99)) = percentiles(sink.latencies.clone()) {
+            let n = sink.latencies.len();
+            tracing::info!(events = n, p50_ms = p50, p99_ms = p99, "frame capture to PUBACK latency");
+        }
+    };
+    if !sink.connected {
+        report(&sink);
+        return;
+    }
+    let offline = status(&sink.s, "offline");
+    let topic = format!("{}/status", sink.s.prefix);
+    sink.publish(topic, QoS::AtLeastOnce, true, offline, None);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while (!sink.inflight.is_empty() || !sink.issued.is_empty()) && Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(ev)) => handle(&mut sink, ev).await,
+            _ => break,
+        }
+    }
+    report(&sink);
+    let _ = sink.client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+}

@@ -1,0 +1,377 @@
+//! `dskd run` against a real broker (rumqttd, started in this test process): events, status
+//! with LWT, triggers with request ids, malformed commands, and the outbox across a broker
+//! outage and a SIGKILL. The daemon runs as a subprocess, the way systemd runs it.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The broker under test: `$DSKD_TEST_BROKER` (a port on 127.0.0.1, e.g. mosquitto started
+/// by `.ci/run`), else an embedded rumqttd on a free port.
+fn start_broker() -> u16 {
+    if let Ok(port) = std::env::var("DSKD_TEST_BROKER") {
+        return port.parse().expect("DSKD_TEST_BROKER is a port number");
+    }
+    let port = free_port();
+    dskd::sink::broker::start(format!("127.0.0.1:{port}").parse().unwrap()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    port
+}
+
+/// Writes a config and starts `dskd run` on it.
+fn daemon(dir: &Path, port: u16, extra: &str) -> Daemon {
+    let cfg = dir.join("dskd.toml");
+    let outbox = dir.join("outbox.sqlite");
+    std::fs::write(
+        &cfg,
+        format!(
+            "camera = \"t\"\n[detector]\nbundle = \"models/demo\"\n[mqtt]\nenabled = true\nport = {port}\nresults = true\n\
+             backoff_initial_ms = 100\nbackoff_max_ms = 400\n[outbox]\npath = \"{}\"\n{extra}",
+            outbox.display()
+        ),
+    )
+    .unwrap();
+    Daemon(
+        Command::new(env!("CARGO_BIN_EXE_dskd"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// A subscriber on `dskd/t/#` collecting (topic, JSON) messages in the background.
+struct Subscriber {
+    client: Client,
+    rx: std::sync::mpsc::Receiver<(String, serde_json::Value)>,
+}
+
+fn subscribe(port: u16) -> Subscriber {
+    // Unique per subscriber: on a shared broker, a repeated client id would take over (and
+    // cut off) an earlier test's session.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut opts = MqttOptions::new(format!("test-{}-{n}", std::process::id()), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = Client::new(opts, 64);
+    client.subscribe("dskd/t/#", QoS::AtLeastOnce).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            match ev {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = ready_tx.send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let v = serde_json::from_slice(&p.payload).unwrap_or(serde_json::Value::Null);
+                    if tx.send((p.topic.clone(), v)).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                _ => {}
+            }
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).expect("subscribed");
+    Subscriber { client, rx }
+}
+
+impl Subscriber {
+    /// Messages until `done` says so or the timeout passes.
+    fn collect(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&[(String, serde_json::Value)]) -> bool,
+    ) -> Vec<(String, serde_json::Value)> {
+        let end = Instant::now() + timeout;
+        let mut got = Vec::new();
+        while Instant::now() < end && !done(&got) {
+            if let Ok(m) = self.rx.recv_timeout(Duration::from_millis(100)) {
+                got.push(m);
+            }
+        }
+        got
+    }
+}
+
+/// A daemon subprocess, SIGKILLed when dropped, so a failing test leaves nothing running.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// SIGKILL now (the outbox and LWT tests need exactly that).
+fn kill(d: Daemon) {
+    drop(d);
+}
+
+/// Validates a real message against the JSON Schema the repository publishes for it.
+fn validate(schema: &str, v: &serde_json::Value) {
+    let text = std::fs::read_to_string(format!("src/sink/schema/{schema}.schema.json")).unwrap();
+    let validator = jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap();
+    let errors: Vec<String> = validator.iter_errors(v).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{schema}: {errors:?} in {v}");
+}
+
+/// Every message the daemon published, against its schema (the test's own commands, some
+/// malformed on purpose, are skipped).
+fn validate_all(got: &[(String, serde_json::Value)]) {
+    for (topic, v) in got {
+        let schema = match topic.rsplit('/').next().unwrap() {
+            "events" | "results" => "report",
+            "status" => "status",
+            "reply" => "reply",
+            _ => continue,
+        };
+        validate(schema, v);
+    }
+}
+
+fn schema_check_event(v: &serde_json::Value) {
+    validate("report", v);
+    assert_eq!(v["verdict"], "defect");
+    assert_eq!(uuid::Uuid::parse_str(v["id"].as_str().unwrap()).unwrap().get_version_num(), 7);
+    assert!(v["regions"].as_array().is_some_and(|r| !r.is_empty()));
+    assert!(v["score"].as_f64().unwrap() >= v["threshold"].as_f64().unwrap());
+}
+
+/// Defect events arrive (QoS 1, UUIDv7 ids, regions, model); status is online, and flips to
+/// offline through the LWT when the daemon is SIGKILLed.
+#[test]
+fn events_arrive_and_lwt_marks_a_killed_daemon_offline() {
+    let port = start_broker();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = subscribe(port);
+    let d = daemon(dir.path(), port, "[source]\nkind = \"synthetic\"\nrate_hz = 8.0\ndefect_every = 2\n");
+    let got = sub.collect(Duration::from_secs(60), |m| m.iter().filter(|(t, _)| t == "dskd/t/events").count() >= 2);
+    let events: Vec<_> = got.iter().filter(|(t, _)| t == "dskd/t/events").collect();
+    assert!(events.len() >= 2, "got {got:?}");
+    events.iter().for_each(|(_, v)| schema_check_event(v));
+    assert!(got.iter().any(|(t, v)| t == "dskd/t/status" && v["state"] == "online"));
+    validate_all(&got);
+    kill(d);
+    let after = sub
+        .collect(Duration::from_secs(20), |m| m.iter().any(|(t, v)| t == "dskd/t/status" && v["state"] == "offline"));
+    assert!(after.iter().any(|(t, v)| t == "dskd/t/status" && v["state"] == "offline"), "no LWT: {after:?}");
+    validate_all(&after);
+    drop(sub.client);
+}
+
+/// External trigger: one command, exactly one result with its request id; a malformed command
+/// gets an error reply and the daemon keeps inspecting.
+#[test]
+fn trigger_yields_one_result_and_bad_commands_get_error_replies() {
+    let port = start_broker();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = subscribe(port);
+    let d =
+        daemon(dir.path(), port, "[source]\nkind = \"synthetic\"\nrate_hz = 10.0\n[trigger]\nmode = \"external\"\n");
+    sub.collect(Duration::from_secs(60), |m| m.iter().any(|(t, v)| t == "dskd/t/status" && v["state"] == "online"));
+    sub.client.publish("dskd/t/cmd/trigger", QoS::AtLeastOnce, false, b"{not json".to_vec()).unwrap();
+    sub.client.publish("dskd/t/cmd/explode", QoS::AtLeastOnce, false, br#"{"request_id":"x"}"#.to_vec()).unwrap();
+    sub.client.publish("dskd/t/cmd/trigger", QoS::AtLeastOnce, false, br#"{"request_id":"r1"}"#.to_vec()).unwrap();
+    let got = sub.collect(Duration::from_secs(8), |_| false);
+    let results: Vec<_> = got.iter().filter(|(t, _)| t == "dskd/t/results").collect();
+    assert_eq!(results.len(), 1, "exactly one inspection: {results:?}");
+    assert_eq!(results[0].1["request_id"], "r1");
+    validate_all(&got);
+    let replies: Vec<_> = got.iter().filter(|(t, _)| t == "dskd/t/cmd/reply").map(|(_, v)| v).collect();
+    assert!(
+        replies.iter().any(|v| v["ok"] == false && v["error"].as_str().unwrap().contains("not JSON")),
+        "{replies:?}"
+    );
+    assert!(replies.iter().any(|v| v["request_id"] == "x" && v["error"].as_str().unwrap().contains("unknown command")));
+    kill(d);
+}
+
+/// A TCP forwarder `listen -> target`: from the daemon's side, the broker "comes back" when
+/// this starts, while the test's subscriber was already connected to the real broker.
+fn proxy(listen: u16, target: u16) {
+    let l = TcpListener::bind(("127.0.0.1", listen)).unwrap();
+    std::thread::spawn(move || {
+        for inbound in l.incoming().flatten() {
+            let Ok(outbound) = std::net::TcpStream::connect(("127.0.0.1", target)) else { continue };
+            let (mut a, mut b) = (inbound.try_clone().unwrap(), outbound.try_clone().unwrap());
+            let (mut c, mut d) = (inbound, outbound);
+            std::thread::spawn(move || std::io::copy(&mut a, &mut b));
+            std::thread::spawn(move || std::io::copy(&mut d, &mut c));
+        }
+    });
+}
+
+fn outbox_ids(path: &Path) -> Vec<String> {
+    let Ok(conn) = rusqlite::Connection::open(path) else { return Vec::new() };
+    let Ok(mut stmt) = conn.prepare("SELECT id FROM events ORDER BY seq") else { return Vec::new() };
+    stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap_or_default()
+}
+
+/// Broker down: events go to the outbox; SIGKILL; restart with the broker still down; broker
+/// back: every stored event is delivered, each id at least once.
+#[test]
+fn outbox_delivers_every_event_after_outage_and_sigkill() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("outbox.sqlite");
+    let a = daemon(dir.path(), port, "[source]\nkind = \"synthetic\"\nrate_hz = 10.0\ndefect_every = 2\n");
+    let end = Instant::now() + Duration::from_secs(60);
+    while outbox_ids(&outbox).len() < 4 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill(a);
+    let stored = outbox_ids(&outbox);
+    assert!(stored.len() >= 4, "stored {stored:?}");
+    // Restart without new defects; the broker is still down for a while.
+    let b = daemon(dir.path(), port, "[source]\nkind = \"synthetic\"\nrate_hz = 2.0\ndefect_every = 0\n");
+    let real = start_broker();
+    let sub = subscribe(real);
+    std::thread::sleep(Duration::from_secs(2));
+    proxy(port, real);
+    let got = sub.collect(Duration::from_secs(30), |m| {
+        stored.iter().all(|id| m.iter().any(|(t, v)| t == "dskd/t/events" && v["id"] == id.as_str()))
+    });
+    for id in &stored {
+        assert!(got.iter().any(|(t, v)| t == "dskd/t/events" && v["id"] == id.as_str()), "event {id} not delivered");
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    while !outbox_ids(&outbox).is_empty() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(outbox_ids(&outbox).is_empty(), "acknowledged events leave the outbox");
+    kill(b);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(p.file_name().unwrap()));
+        } else {
+            std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+/// `cmd/reload`: a corrupt bundle is refused (error reply) and the old one keeps serving; a
+/// good bundle (here: a new version) is swapped in without a restart.
+#[test]
+fn reload_refuses_a_corrupt_bundle_and_swaps_in_a_good_one() {
+    let port = start_broker();
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    copy_dir(Path::new("models/demo"), &bundle);
+    let sub = subscribe(port);
+    let extra =
+        format!("[source]\nkind = \"synthetic\"\nrate_hz = 4.0\n[detector]\nbundle = \"{}\"\n", bundle.display());
+    // daemon() writes its own [detector]; this config replaces it with the private copy.
+    let d = daemon_with_detector(dir.path(), port, &extra);
+    sub.collect(Duration::from_secs(60), |m| m.iter().any(|(t, _)| t == "dskd/t/results"));
+
+    let teacher = bundle.join("teacher.onnx");
+    let good = std::fs::read(&teacher).unwrap();
+    std::fs::write(&teacher, b"garbage").unwrap();
+    sub.client.publish("dskd/t/cmd/reload", QoS::AtLeastOnce, false, br#"{"request_id":"bad"}"#.to_vec()).unwrap();
+    let got = sub.collect(Duration::from_secs(30), |m| {
+        m.iter().any(|(t, v)| t == "dskd/t/cmd/reply" && v["request_id"] == "bad")
+    });
+    let reply =
+        got.iter().find(|(t, v)| t == "dskd/t/cmd/reply" && v["request_id"] == "bad").expect("reload reply").1.clone();
+    assert_eq!(reply["ok"], false);
+    assert!(reply["error"].as_str().unwrap().contains("teacher.onnx"), "{reply}");
+    let still = sub.collect(Duration::from_secs(10), |m| m.iter().any(|(t, _)| t == "dskd/t/results"));
+    let serving = still.iter().find(|(t, _)| t == "dskd/t/results").expect("old bundle keeps serving");
+    assert_eq!(serving.1["model"]["version"], "1");
+
+    std::fs::write(&teacher, good).unwrap();
+    let manifest = std::fs::read_to_string(bundle.join("bundle.toml")).unwrap();
+    std::fs::write(bundle.join("bundle.toml"), manifest.replacen("version = \"1\"", "version = \"2\"", 1)).unwrap();
+    sub.client.publish("dskd/t/cmd/reload", QoS::AtLeastOnce, false, br#"{"request_id":"good"}"#.to_vec()).unwrap();
+    let got = sub.collect(Duration::from_secs(30), |m| {
+        m.iter().any(|(t, v)| t == "dskd/t/results" && v["model"]["version"] == "2")
+    });
+    let reply =
+        got.iter().find(|(t, v)| t == "dskd/t/cmd/reply" && v["request_id"] == "good").expect("reply").1.clone();
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert!(got.iter().any(|(t, v)| t == "dskd/t/results" && v["model"]["version"] == "2"), "new bundle serves");
+    kill(d);
+}
+
+/// Like [`daemon`] but the caller's `extra` carries the `[detector]` table.
+fn daemon_with_detector(dir: &Path, port: u16, extra: &str) -> Daemon {
+    let cfg = dir.join("dskd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "camera = \"t\"\n[mqtt]\nenabled = true\nport = {port}\nresults = true\n[outbox]\npath = \"{}\"\n{extra}",
+            dir.join("outbox.sqlite").display()
+        ),
+    )
+    .unwrap();
+    Daemon(
+        Command::new(env!("CARGO_BIN_EXE_dskd"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// With `NOTIFY_SOCKET` and `WATCHDOG_USEC` set, READY=1 comes once and WATCHDOG=1 keeps
+/// coming while frames flow; when the frames stop (the pipe goes quiet) so do the pings.
+#[test]
+fn watchdog_pings_follow_the_frame_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let frame = dir.path().join("f.pgm");
+    let mut pgm = b"P5\n64 64\n255\n".to_vec();
+    pgm.extend(std::iter::repeat_n(128u8, 64 * 64));
+    std::fs::write(&frame, pgm).unwrap();
+    // 15 frames, 0.2 s apart, then silence: the loop has nothing to do and must not ping.
+    let cmd = format!("for i in $(seq 15); do cat {f}; sleep 0.2; done; sleep 60", f = frame.display());
+    let cfg = dir.path().join("dskd.toml");
+    std::fs::write(&cfg, format!("camera = \"w\"\n[source]\nkind = \"pipe\"\ncommand = \"{cmd}\"\n")).unwrap();
+    let d = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_dskd"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "400000")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut log: Vec<(Instant, String)> = Vec::new();
+    let start = Instant::now();
+    let mut buf = [0u8; 512];
+    while start.elapsed() < Duration::from_secs(40) {
+        if let Ok(n) = sock.recv(&mut buf) {
+            log.push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into_owned()));
+        }
+        let pings: Vec<_> = log.iter().filter(|(_, m)| m.contains("WATCHDOG=1")).collect();
+        if pings.len() >= 3 && pings.last().unwrap().0.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    kill(d);
+    assert!(log.iter().any(|(_, m)| m.starts_with("READY=1")), "{log:?}");
+    let pings: Vec<Instant> = log.iter().filter(|(_, m)| m.contains("WATCHDOG=1")).map(|(t, _)| *t).collect();
+    assert!(pings.len() >= 3, "pings while frames flow: {log:?}");
+    assert!(pings.last().unwrap().elapsed() > Duration::from_secs(4), "pings went on without frames");
+}
