@@ -25,27 +25,32 @@ fn start_broker() -> u16 {
     port
 }
 
-/// Writes a config and starts `dskd run` on it.
-fn daemon(dir: &Path, port: u16, extra: &str) -> Daemon {
-    let cfg = dir.join("dskd.toml");
-    let outbox = dir.join("outbox.sqlite");
-    std::fs::write(
-        &cfg,
-        format!(
-            "camera = \"t\"\n[detector]\nbundle = \"models/demo\"\n[mqtt]\nenabled = true\nport = {port}\nresults = true\n\
-             backoff_initial_ms = 100\nbackoff_max_ms = 400\n[outbox]\npath = \"{}\"\n{extra}",
-            outbox.display()
-        ),
+/// The `[mqtt]` and `[outbox]` tables every daemon in these tests shares.
+fn base_config(dir: &Path, port: u16) -> String {
+    format!(
+        "camera = \"t\"\n[mqtt]\nenabled = true\nport = {port}\nresults = true\n\
+         backoff_initial_ms = 100\nbackoff_max_ms = 400\n[outbox]\npath = \"{}\"\n",
+        dir.join("outbox.sqlite").display()
     )
-    .unwrap();
+}
+
+/// Writes `config` to `dir/dskd.toml` and starts `dskd run` on it.
+fn spawn(dir: &Path, config: String) -> Daemon {
+    let file = dir.join("dskd.toml");
+    std::fs::write(&file, config).unwrap();
     Daemon(
         Command::new(env!("CARGO_BIN_EXE_dskd"))
             .args(["run", "--config"])
-            .arg(&cfg)
+            .arg(&file)
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
     )
+}
+
+/// A daemon on the demo bundle; `extra` adds tables (source, trigger).
+fn daemon(dir: &Path, port: u16, extra: &str) -> Daemon {
+    spawn(dir, format!("{}[detector]\nbundle = \"models/demo\"\n{extra}", base_config(dir, port)))
 }
 
 /// A subscriber on `dskd/t/#` collecting (topic, JSON) messages in the background.
@@ -312,23 +317,7 @@ fn reload_refuses_a_corrupt_bundle_and_swaps_in_a_good_one() {
 
 /// Like [`daemon`] but the caller's `extra` carries the `[detector]` table.
 fn daemon_with_detector(dir: &Path, port: u16, extra: &str) -> Daemon {
-    let cfg = dir.join("dskd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "camera = \"t\"\n[mqtt]\nenabled = true\nport = {port}\nresults = true\n[outbox]\npath = \"{}\"\n{extra}",
-            dir.join("outbox.sqlite").display()
-        ),
-    )
-    .unwrap();
-    Daemon(
-        Command::new(env!("CARGO_BIN_EXE_dskd"))
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    spawn(dir, format!("{}{extra}", base_config(dir, port)))
 }
 
 /// With `NOTIFY_SOCKET` and `WATCHDOG_USEC` set, READY=1 comes once and WATCHDOG=1 keeps

@@ -29,29 +29,9 @@ pub struct DataSet {
     pub val: Vec<PathBuf>,
 }
 
-const EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "bmp", "pgm", "ppm", "tif", "tiff"];
-
-fn is_image(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
-/// All images under `dir` (recursively), sorted.
+/// All images under `dir` (recursively), sorted; the same listing the `dir` source replays.
 pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|source| DataError::Io { path: d.clone(), source })?;
-        for entry in entries {
-            let path = entry.map_err(|source| DataError::Io { path: d.clone(), source })?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if is_image(&path) {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    crate::source::dir::list_images(dir).map_err(|source| DataError::Io { path: dir.to_owned(), source })
 }
 
 /// Train/val from one folder of good images.
