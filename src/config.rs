@@ -137,6 +137,26 @@ pub struct MqttConfig {
     /// Reconnect back-off: first wait and cap, in milliseconds.
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+    /// Publish `<prefix>/telemetry` every this many seconds (0 = off).
+    pub telemetry_interval_s: u64,
+    /// Broker user name (empty = anonymous).
+    pub username: String,
+    /// Broker password; better from `DSKD_MQTT__PASSWORD` or `password_file` than in a file
+    /// under version control. Never logged.
+    pub password: Secret,
+    /// A file whose first line is the password (e.g. a systemd credential).
+    pub password_file: PathBuf,
+}
+
+/// A string that never prints (Debug shows `***`).
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
+    }
 }
 
 impl Default for MqttConfig {
@@ -152,6 +172,10 @@ impl Default for MqttConfig {
             results: false,
             backoff_initial_ms: 200,
             backoff_max_ms: 10_000,
+            telemetry_interval_s: 10,
+            username: String::new(),
+            password: Secret::default(),
+            password_file: PathBuf::new(),
         }
     }
 }
@@ -243,6 +267,21 @@ impl Config {
         Ok(())
     }
 
+    /// The broker password: `mqtt.password`, else the first line of `mqtt.password_file`.
+    pub fn mqtt_password(&self) -> Result<Option<String>, ConfigError> {
+        if !self.mqtt.password.0.is_empty() {
+            return Ok(Some(self.mqtt.password.0.clone()));
+        }
+        if self.mqtt.password_file.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&self.mqtt.password_file).map_err(|e| ConfigError::Invalid {
+            path: self.mqtt.password_file.clone(),
+            message: format!("mqtt.password_file: {e}"),
+        })?;
+        Ok(Some(text.lines().next().unwrap_or_default().to_string()))
+    }
+
     /// The MQTT topic prefix.
     pub fn prefix(&self) -> String {
         if self.mqtt.prefix.is_empty() { format!("dskd/{}", self.camera) } else { self.mqtt.prefix.clone() }
@@ -267,6 +306,17 @@ mod tests {
         std::fs::write(&f, "[queue]\ncapactiy = 3\n").unwrap();
         let e = Config::load(Some(&f), &[]).unwrap_err().to_string();
         assert!(e.contains("bad.toml") && e.contains("capactiy"), "{e}");
+    }
+
+    #[test]
+    fn password_comes_from_a_file_and_never_prints() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let c = Config::load(None, &[("mqtt.password_file".into(), f.display().to_string())]).unwrap();
+        assert_eq!(c.mqtt_password().unwrap().as_deref(), Some("s3cret"));
+        let c = Config::load(None, &[("mqtt.password".into(), "hunter2".into())]).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]

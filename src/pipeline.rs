@@ -128,10 +128,41 @@ fn start_mqtt(
         backoff_initial: Duration::from_millis(cfg.mqtt.backoff_initial_ms.max(1)),
         backoff_max: Duration::from_millis(cfg.mqtt.backoff_max_ms.max(1)),
         status: serde_json::json!({"camera": cfg.camera, "model": model.name, "version": model.version, "sha256": model.sha256}),
+        credentials: cfg.mqtt_password()?.map(|p| (cfg.mqtt.username.clone(), p)),
     };
     let (tx, rx) = mpsc::channel(1024);
     let task = tokio::spawn(sink::mqtt::run(settings, outbox, rx, commands));
     Ok((tx, task))
+}
+
+/// Frame-loop counters over one telemetry window.
+#[derive(Default)]
+struct Window {
+    frames: u64,
+    latencies: Vec<f64>,
+    since: Option<Instant>,
+}
+
+impl Window {
+    /// The telemetry JSON for this window, then starts a new one.
+    fn take(&mut self, cfg: &Config, inspected: u64, defects: u64, queue: &DropOldest<Frame>) -> serde_json::Value {
+        let secs = self.since.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let mut l = std::mem::take(&mut self.latencies);
+        l.sort_by(f64::total_cmp);
+        let at = |q: f64| (!l.is_empty()).then(|| l[((l.len() - 1) as f64 * q).round() as usize]);
+        let v = serde_json::json!({
+            "timestamp": sink::now_rfc3339(),
+            "camera": cfg.camera,
+            "fps": if secs > 0.0 { self.frames as f64 / secs } else { 0.0 },
+            "inspected": inspected,
+            "defects": defects,
+            "dropped_frames": queue.dropped(),
+            "queue_depth": queue.len(),
+            "latency_ms": {"p50": at(0.5), "p99": at(0.99)},
+        });
+        *self = Window { since: Some(Instant::now()), ..Default::default() };
+        v
+    }
 }
 
 /// Where the configuration came from, so a reload can read it again.
@@ -190,9 +221,19 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
     let mut threshold_override: Option<f32> = None;
     let (mut inspected, mut defects) = (0u64, 0u64);
     let started = Instant::now();
+    let mut window = Window { since: Some(started), ..Default::default() };
+    let every = Duration::from_secs(cfg.mqtt.telemetry_interval_s.max(1));
+    let mut telemetry = tokio::time::interval_at((started + every).into(), every);
     loop {
         let frame = tokio::select! {
             f = queue.pop() => match f { Some(f) => f, None => break },
+            _ = telemetry.tick(), if mqtt.is_some() && cfg.mqtt.telemetry_interval_s > 0 => {
+                let t = window.take(&cfg, inspected, defects, &queue);
+                if let Some((tx, _)) = &mqtt {
+                    let _ = tx.send(Message::Telemetry(t)).await;
+                }
+                continue;
+            }
             Some(()) = controls.reload.recv() => {
                 if let Err(e) = reload(&source_of_cfg, &mut serving, &notifier).await {
                     tracing::error!("reload refused, the old bundle keeps serving: {e:#}");
@@ -235,6 +276,8 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
         inspected += 1;
         defects += insp.verdict.defect as u64;
         let r = report(&cfg, &frame, &insp, &serving.model, request_id);
+        window.frames += 1;
+        window.latencies.push(r.latency_ms.frame_to_verdict);
         if cfg.stdout.enabled {
             println!("{}", serde_json::to_string(&r)?);
         }

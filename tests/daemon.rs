@@ -28,7 +28,7 @@ fn start_broker() -> u16 {
 /// The `[mqtt]` and `[outbox]` tables every daemon in these tests shares.
 fn base_config(dir: &Path, port: u16) -> String {
     format!(
-        "camera = \"t\"\n[mqtt]\nenabled = true\nport = {port}\nresults = true\n\
+        "camera = \"t\"\n[mqtt]\nenabled = true\nport = {port}\nresults = true\ntelemetry_interval_s = 1\n\
          backoff_initial_ms = 100\nbackoff_max_ms = 400\n[outbox]\npath = \"{}\"\n",
         dir.join("outbox.sqlite").display()
     )
@@ -140,6 +140,7 @@ fn validate_all(got: &[(String, serde_json::Value)]) {
             "events" | "results" => "report",
             "status" => "status",
             "reply" => "reply",
+            "telemetry" => "telemetry",
             _ => continue,
         };
         validate(schema, v);
@@ -162,7 +163,13 @@ fn events_arrive_and_lwt_marks_a_killed_daemon_offline() {
     let dir = tempfile::tempdir().unwrap();
     let sub = subscribe(port);
     let d = daemon(dir.path(), port, "[source]\nkind = \"synthetic\"\nrate_hz = 8.0\ndefect_every = 2\n");
-    let got = sub.collect(Duration::from_secs(60), |m| m.iter().filter(|(t, _)| t == "dskd/t/events").count() >= 2);
+    let got = sub.collect(Duration::from_secs(60), |m| {
+        m.iter().filter(|(t, _)| t == "dskd/t/events").count() >= 2 && m.iter().any(|(t, _)| t == "dskd/t/telemetry")
+    });
+    assert!(
+        got.iter().any(|(t, v)| t == "dskd/t/telemetry" && v["inspected"].as_u64() > Some(0)),
+        "telemetry: {got:?}"
+    );
     let events: Vec<_> = got.iter().filter(|(t, _)| t == "dskd/t/events").collect();
     assert!(events.len() >= 2, "got {got:?}");
     events.iter().for_each(|(_, v)| schema_check_event(v));

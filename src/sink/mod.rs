@@ -76,6 +76,8 @@ impl Command {
 #[derive(Debug, Clone)]
 pub enum Message {
     Report(Box<Report>),
+    /// Pipeline counters for `<prefix>/telemetry`; the sink adds its outbox figures.
+    Telemetry(serde_json::Value),
     /// The answer to a command the pipeline carried out (reload).
     Reply {
         request_id: String,

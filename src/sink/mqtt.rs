@@ -3,6 +3,8 @@
 //!   clean shutdown;
 //! - `<prefix>/events`: QoS 1, one JSON per defect, through the [`Outbox`];
 //! - `<prefix>/results`: QoS 0, every verdict (optional);
+//! - `<prefix>/telemetry`: QoS 0, every N s: fps, drops, queue depth, latency percentiles,
+//!   outbox depth and drops;
 //! - `<prefix>/cmd/{trigger,threshold,reload}` in, `<prefix>/cmd/reply` out; anything else under
 //!   `cmd/` (or a malformed payload) gets an error reply and a log line, never a crash.
 //!
@@ -36,6 +38,8 @@ pub struct Settings {
     pub backoff_max: Duration,
     /// The `status` payload's fixed fields (camera, model, version).
     pub status: serde_json::Value,
+    /// User name and password, if the broker wants them (never logged).
+    pub credentials: Option<(String, String)>,
 }
 
 struct Sink {
@@ -169,6 +173,9 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
     let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
     opts.set_keep_alive(s.keep_alive);
     opts.set_clean_session(true);
+    if let Some((user, password)) = &s.credentials {
+        opts.set_credentials(user.clone(), password.clone());
+    }
     opts.set_last_will(LastWill::new(format!("{}/status", s.prefix), status(&s, "offline"), QoS::AtLeastOnce, true));
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let mut sink = Sink {
@@ -188,6 +195,15 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
         tokio::select! {
             r = reports.recv() => match r {
                 Some(Message::Report(r)) => sink.on_report(&r),
+                Some(Message::Telemetry(mut t)) => {
+                    t["outbox_pending"] = json!(sink.outbox.len().unwrap_or(0));
+                    t["outbox_dropped"] = json!(sink.outbox.dropped());
+                    t["mqtt_connected"] = json!(sink.connected);
+                    if sink.connected {
+                        let topic = format!("{}/telemetry", sink.s.prefix);
+                        sink.publish(topic, QoS::AtMostOnce, false, t.to_string().into_bytes(), None);
+                    }
+                }
                 Some(Message::Reply { request_id, command, error }) => {
                     if sink.connected {
                         sink.reply(Some(request_id), &command, error);
