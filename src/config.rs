@@ -19,6 +19,20 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub outbox: OutboxConfig,
     pub stdout: StdoutConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of `/metrics`, `/healthz`, `/readyz` (empty = off; port 0 = any free port).
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9464".into() }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -219,6 +233,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             outbox: OutboxConfig::default(),
             stdout: StdoutConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }

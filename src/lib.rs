@@ -22,6 +22,7 @@
 pub mod bundle;
 pub mod config;
 pub mod detector;
+pub mod metrics;
 pub mod overlay;
 pub mod pipeline;
 pub mod preprocess;

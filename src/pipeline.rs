@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use crate::bundle::{self, Bundle};
 use crate::config::{Config, TriggerMode};
 use crate::detector::{Detector, Inspection, Precision, verdict};
+use crate::metrics::Metrics;
 use crate::queue::DropOldest;
 use crate::service;
 use crate::sink::outbox::Outbox;
@@ -109,6 +110,7 @@ fn start_mqtt(
     cfg: &Config,
     model: &ModelRef,
     commands: mpsc::Sender<Command>,
+    metrics: &Arc<Metrics>,
 ) -> Result<(mpsc::Sender<Message>, tokio::task::JoinHandle<()>)> {
     if cfg.mqtt.embedded_broker {
         sink::broker::start(broker_addr(cfg)?)?;
@@ -129,6 +131,7 @@ fn start_mqtt(
         backoff_max: Duration::from_millis(cfg.mqtt.backoff_max_ms.max(1)),
         status: serde_json::json!({"camera": cfg.camera, "model": model.name, "version": model.version, "sha256": model.sha256}),
         credentials: cfg.mqtt_password()?.map(|p| (cfg.mqtt.username.clone(), p)),
+        metrics: metrics.clone(),
     };
     let (tx, rx) = mpsc::channel(1024);
     let task = tokio::spawn(sink::mqtt::run(settings, outbox, rx, commands));
@@ -162,6 +165,27 @@ impl Window {
         });
         *self = Window { since: Some(Instant::now()), ..Default::default() };
         v
+    }
+}
+
+/// Binds `[http] listen` and serves metrics and health on it; None when off.
+async fn start_http(cfg: &Config, metrics: &Arc<Metrics>) -> Result<Option<AbortOnDrop>> {
+    if cfg.http.listen.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
+        .await
+        .with_context(|| format!("http.listen {}: cannot bind", cfg.http.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics /healthz /readyz");
+    Ok(Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(listener, metrics.clone())))))
+}
+
+/// Stops the HTTP task when the pipeline returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -205,13 +229,16 @@ async fn reload(source: &ConfigSource, serving: &mut Serving, notifier: &service
 /// outbox flushed before it returns.
 pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Controls) -> Result<()> {
     let mut notifier = service::Notifier::from_env();
+    let metrics = Arc::new(Metrics::default());
+    let _http = start_http(&cfg, &metrics).await?;
     let (detector, model) = load_detector(&cfg)?;
     let mut serving = Serving { detector, model };
     let (cmd_tx, mut cmd_rx) = mpsc::channel(64);
-    let mqtt = if cfg.mqtt.enabled { Some(start_mqtt(&cfg, &serving.model, cmd_tx)?) } else { None };
+    let mqtt = if cfg.mqtt.enabled { Some(start_mqtt(&cfg, &serving.model, cmd_tx, &metrics)?) } else { None };
     let queue = Arc::new(DropOldest::new(cfg.queue.capacity));
     let source = tokio::spawn(source::run(cfg.source.clone(), queue.clone(), controls.shutdown.clone()));
     notifier.ready(&format!("serving {} {}", serving.model.name, serving.model.version));
+    metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut trigger = Trigger {
         mode: cfg.trigger.mode,
         interval: Duration::from_millis(cfg.trigger.interval_ms),
@@ -275,6 +302,11 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
         }
         inspected += 1;
         defects += insp.verdict.defect as u64;
+        metrics.frames_inspected.inc();
+        metrics.defects.inc_by(insp.verdict.defect as u64);
+        metrics.inference_seconds.observe(insp.timings.total_ms / 1e3);
+        metrics.frames_dropped.set(queue.dropped() as i64);
+        metrics.queue_depth.set(queue.len() as i64);
         let r = report(&cfg, &frame, &insp, &serving.model, request_id);
         window.frames += 1;
         window.latencies.push(r.latency_ms.frame_to_verdict);

@@ -29,7 +29,7 @@ fn start_broker() -> u16 {
 fn base_config(dir: &Path, port: u16) -> String {
     format!(
         "camera = \"t\"\n[mqtt]\nenabled = true\nport = {port}\nresults = true\ntelemetry_interval_s = 1\n\
-         backoff_initial_ms = 100\nbackoff_max_ms = 400\n[outbox]\npath = \"{}\"\n",
+         backoff_initial_ms = 100\nbackoff_max_ms = 400\n[http]\nlisten = \"127.0.0.1:0\"\n[outbox]\npath = \"{}\"\n",
         dir.join("outbox.sqlite").display()
     )
 }
@@ -342,7 +342,11 @@ fn watchdog_pings_follow_the_frame_loop() {
     // 15 frames, 0.2 s apart, then silence: the loop has nothing to do and must not ping.
     let cmd = format!("for i in $(seq 15); do cat {f}; sleep 0.2; done; sleep 60", f = frame.display());
     let cfg = dir.path().join("dskd.toml");
-    std::fs::write(&cfg, format!("camera = \"w\"\n[source]\nkind = \"pipe\"\ncommand = \"{cmd}\"\n")).unwrap();
+    let http = free_port();
+    let text = format!(
+        "camera = \"w\"\n[source]\nkind = \"pipe\"\ncommand = \"{cmd}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n"
+    );
+    std::fs::write(&cfg, text).unwrap();
     let d = Daemon(
         Command::new(env!("CARGO_BIN_EXE_dskd"))
             .args(["run", "--config"])
@@ -365,9 +369,23 @@ fn watchdog_pings_follow_the_frame_loop() {
             break;
         }
     }
+    let metrics = http_get(http, "/metrics");
+    let ready = http_get(http, "/readyz");
     kill(d);
+    assert!(metrics.contains("dskd_frames_inspected_total 15"), "{metrics}");
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     assert!(log.iter().any(|(_, m)| m.starts_with("READY=1")), "{log:?}");
     let pings: Vec<Instant> = log.iter().filter(|(_, m)| m.contains("WATCHDOG=1")).map(|(t, _)| *t).collect();
     assert!(pings.len() >= 3, "pings while frames flow: {log:?}");
     assert!(pings.last().unwrap().elapsed() > Duration::from_secs(4), "pings went on without frames");
+}
+
+/// A plain HTTP GET on 127.0.0.1; the whole response as text.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }

@@ -25,8 +25,8 @@ use tokio::time::Instant;
 use super::outbox::{Outbox, Pending};
 use super::{Command, Message, Report};
 
-/// What the sink needs to know.
-#[derive(Debug, Clone)]
+/// What the sink needs to know. Not `Debug`: it holds the broker password.
+#[derive(Clone)]
 pub struct Settings {
     pub host: String,
     pub port: u16,
@@ -40,6 +40,7 @@ pub struct Settings {
     pub status: serde_json::Value,
     /// User name and password, if the broker wants them (never logged).
     pub credentials: Option<(String, String)>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 struct Sink {
@@ -94,6 +95,7 @@ impl Sink {
 
     fn on_connack(&mut self) {
         self.connected = true;
+        self.s.metrics.mqtt_connected.set(1);
         self.inflight.clear();
         tracing::info!(host = %self.s.host, port = self.s.port, "mqtt connected");
         let online = status(&self.s, "online");
@@ -194,7 +196,11 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
     loop {
         tokio::select! {
             r = reports.recv() => match r {
-                Some(Message::Report(r)) => sink.on_report(&r),
+                Some(Message::Report(r)) => {
+                    sink.on_report(&r);
+                    sink.s.metrics.outbox_pending.set(sink.outbox.len().unwrap_or(0) as i64);
+                    sink.s.metrics.outbox_dropped.set(sink.outbox.dropped() as i64);
+                }
                 Some(Message::Telemetry(mut t)) => {
                     t["outbox_pending"] = json!(sink.outbox.len().unwrap_or(0));
                     t["outbox_dropped"] = json!(sink.outbox.dropped());
@@ -225,6 +231,7 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
                         tracing::debug!(error = %e, retry_in_ms = backoff.as_millis() as u64, "mqtt connect failed");
                     }
                     sink.connected = false;
+                    sink.s.metrics.mqtt_connected.set(0);
                     retry_at = Some(Instant::now() + backoff);
                     backoff = (backoff * 2).min(sink.s.backoff_max);
                 }
@@ -246,6 +253,7 @@ async fn handle(sink: &mut Sink, ev: Event) {
         Event::Incoming(Packet::ConnAck(_)) => sink.on_connack(),
         Event::Incoming(Packet::PubAck(ack)) => {
             if let Some(id) = sink.inflight.remove(&ack.pkid) {
+                sink.s.metrics.events_delivered.inc();
                 if let Some(t) = sink.captured.remove(&id)
                     && let Ok(d) = t.elapsed()
                     && sink.latencies.len() < 100_000
