@@ -389,3 +389,60 @@ fn http_get(port: u16, path: &str) -> String {
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+/// A broker that wants a user name and password: the daemon reads the password from a file,
+/// connects and delivers, and the password never shows in its log.
+#[test]
+fn credentials_from_a_file_connect_and_are_never_logged() {
+    let port = free_port();
+    let secret = "s3cr3t-T0ken-9";
+    dskd::sink::broker::start_with_auth(format!("127.0.0.1:{port}").parse().unwrap(), Some(("line3", secret))).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, format!("{secret}\n")).unwrap();
+    let mut opts = MqttOptions::new("auth-sub", "127.0.0.1", port);
+    opts.set_credentials("line3", secret);
+    let (client, mut conn) = Client::new(opts, 64);
+    client.subscribe("dskd/t/#", QoS::AtLeastOnce).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for ev in conn.iter().flatten() {
+            if let Event::Incoming(Packet::Publish(p)) = ev
+                && tx.send(p.topic.clone()).is_err()
+            {
+                return;
+            }
+        }
+    });
+    let log = dir.path().join("daemon.log");
+    let extra =
+        "[detector]\nbundle = \"models/demo\"\n[source]\nkind = \"synthetic\"\nrate_hz = 8.0\ndefect_every = 2\n";
+    let cfg = format!("{}{extra}", base_config(dir.path(), port)).replace(
+        "results = true\n",
+        &format!("results = true\nusername = \"line3\"\npassword_file = \"{}\"\n", pw.display()),
+    );
+    let file = dir.path().join("dskd.toml");
+    std::fs::write(&file, cfg).unwrap();
+    let d = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_dskd"))
+            .args(["run", "--config"])
+            .arg(&file)
+            .env("RUST_LOG", "debug,rumqttd=off")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut events = 0;
+    while events < 1 && Instant::now() < end {
+        if rx.recv_timeout(Duration::from_millis(200)).is_ok_and(|t| t == "dskd/t/events") {
+            events += 1;
+        }
+    }
+    kill(d);
+    assert_eq!(events, 1, "an event came through the authenticated connection");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("mqtt connected") && !text.contains(secret), "log leaks or never connected:\n{text}");
+}

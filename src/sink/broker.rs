@@ -11,6 +11,11 @@ pub enum BrokerError {
 
 /// Starts a broker listening on `addr` in its own thread; it lives as long as the process.
 pub fn start(addr: SocketAddr) -> Result<(), BrokerError> {
+    start_with_auth(addr, None)
+}
+
+/// Like [`start`], accepting only the given user name and password when `auth` is set.
+pub fn start_with_auth(addr: SocketAddr, auth: Option<(&str, &str)>) -> Result<(), BrokerError> {
     let toml = format!(
         r#"
 id = 0
@@ -30,8 +35,13 @@ max_inflight_count = 200
 dynamic_filters = true
 "#
     );
-    let config: rumqttd::Config =
+    let mut config: rumqttd::Config =
         toml::from_str(&toml).map_err(|e| BrokerError::Start { addr, message: e.to_string() })?;
+    if let Some((user, pass)) = auth {
+        for server in config.v4.iter_mut().flat_map(|v4| v4.values_mut()) {
+            server.connections.auth = Some([(user.to_string(), pass.to_string())].into_iter().collect());
+        }
+    }
     // Fail early with a clear message if the port is taken (rumqttd would only log it).
     std::net::TcpListener::bind(addr).map_err(|e| BrokerError::Start { addr, message: e.to_string() })?;
     std::thread::Builder::new()
