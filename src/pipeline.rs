@@ -150,9 +150,7 @@ impl Window {
     /// The telemetry JSON for this window, then starts a new one.
     fn take(&mut self, cfg: &Config, inspected: u64, defects: u64, queue: &DropOldest<Frame>) -> serde_json::Value {
         let secs = self.since.map_or(0.0, |t| t.elapsed().as_secs_f64());
-        let mut l = std::mem::take(&mut self.latencies);
-        l.sort_by(f64::total_cmp);
-        let at = |q: f64| (!l.is_empty()).then(|| l[((l.len() - 1) as f64 * q).round() as usize]);
+        let p = sink::p50_p99(std::mem::take(&mut self.latencies));
         let v = serde_json::json!({
             "timestamp": sink::now_rfc3339(),
             "camera": cfg.camera,
@@ -161,7 +159,7 @@ impl Window {
             "defects": defects,
             "dropped_frames": queue.dropped(),
             "queue_depth": queue.len(),
-            "latency_ms": {"p50": at(0.5), "p99": at(0.99)},
+            "latency_ms": {"p50": p.map(|p| p.0), "p99": p.map(|p| p.1)},
         });
         *self = Window { since: Some(Instant::now()), ..Default::default() };
         v
@@ -219,7 +217,8 @@ async fn reload(source: &ConfigSource, serving: &mut Serving, notifier: &service
     })
     .await?;
     notifier.notify("READY=1");
-    let (detector, model) = loaded?;
+    let (detector, model) =
+        loaded.inspect_err(|e| tracing::error!("reload refused, the old bundle keeps serving: {e:#}"))?;
     tracing::info!(model = %model.name, version = %model.version, "reloaded the bundle");
     *serving = Serving { detector, model };
     Ok(())
@@ -262,9 +261,8 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
                 continue;
             }
             Some(()) = controls.reload.recv() => {
-                if let Err(e) = reload(&source_of_cfg, &mut serving, &notifier).await {
-                    tracing::error!("reload refused, the old bundle keeps serving: {e:#}");
-                }
+                // A refusal is logged inside `reload`; there is no one else to tell.
+                let _ = reload(&source_of_cfg, &mut serving, &notifier).await;
                 continue;
             }
             Some(cmd) = cmd_rx.recv() => {
@@ -273,9 +271,6 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
                     Command::Threshold { value, .. } => threshold_override = Some(value),
                     Command::Reload { request_id } => {
                         let result = reload(&source_of_cfg, &mut serving, &notifier).await;
-                        if let Err(e) = &result {
-                            tracing::error!("reload refused, the old bundle keeps serving: {e:#}");
-                        }
                         let error = result.err().map(|e| format!("{e:#}"));
                         if let Some((tx, _)) = &mqtt {
                             let _ = tx.send(Message::Reply { request_id, command: "reload".into(), error }).await;

@@ -95,3 +95,13 @@ pub fn now_rfc3339() -> String {
 pub fn rfc3339(t: std::time::SystemTime) -> String {
     time::OffsetDateTime::from(t).format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
+
+/// p50 and p99 (nearest rank) of a latency sample; None when it is empty.
+pub fn p50_p99(mut v: Vec<f64>) -> Option<(f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    Some((at(0.5), at(0.99)))
+}

@@ -275,20 +275,10 @@ async fn handle(sink: &mut Sink, ev: Event) {
     }
 }
 
-/// p50 and p99 of a latency sample.
-fn percentiles(mut v: Vec<f64>) -> Option<(f64, f64)> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    Some((at(0.5), at(0.99)))
-}
-
 /// Clean shutdown: `offline` status, up to 3 s for outstanding PUBACKs, disconnect.
 async fn shutdown(mut sink: Sink, eventloop: &mut EventLoop) {
     let report = |sink: &Sink| {
-        if let Some((p50, p99)) = percentiles(sink.latencies.clone()) {
+        if let Some((p50, p99)) = super::p50_p99(sink.latencies.clone()) {
             let n = sink.latencies.len();
             tracing::info!(events = n, p50_ms = p50, p99_ms = p99, "frame capture to PUBACK latency");
         }
