@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::source::pixels::PixelFormat;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -44,6 +46,8 @@ pub enum SourceKind {
     Pipe,
     /// Procedural surface images (`dskd synth`), a defect every `defect_every` frames.
     Synthetic,
+    /// An industrial or UVC camera (V4L2 on Linux, through nokhwa; cargo feature `camera`).
+    Camera,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -64,6 +68,20 @@ pub struct SourceConfig {
     pub defect_every: u64,
     /// `synthetic`: stop after this many frames (0 = never).
     pub frames: u64,
+    /// `camera`: an index ("0"), a device path ("/dev/video2") or (part of) the camera's name.
+    pub device: String,
+    /// `camera`: wanted resolution (0 = the camera's largest) and frame rate (0 = its fastest);
+    /// the closest mode the camera offers is taken, and logged.
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    /// `camera`: pixel formats accepted, most preferred first.
+    pub pixel_formats: Vec<PixelFormat>,
+    /// `camera`: convert frames to gray (cheaper; the model sees gray as three equal channels).
+    pub gray: bool,
+    /// `camera`: reconnect back-off when the device fails or goes away: first wait and cap.
+    pub reconnect_initial_ms: u64,
+    pub reconnect_max_ms: u64,
 }
 
 impl Default for SourceConfig {
@@ -77,6 +95,14 @@ impl Default for SourceConfig {
             size: 256,
             defect_every: 5,
             frames: 0,
+            device: "0".into(),
+            width: 640,
+            height: 480,
+            fps: 0,
+            pixel_formats: vec![PixelFormat::Mjpeg, PixelFormat::Yuyv, PixelFormat::Gray, PixelFormat::Nv12],
+            gray: false,
+            reconnect_initial_ms: 500,
+            reconnect_max_ms: 30_000,
         }
     }
 }
@@ -275,6 +301,9 @@ impl Config {
         }
         if self.source.kind == SourceKind::Pipe && self.source.command.is_empty() {
             return Err("source.command is required for source.kind = \"pipe\"".into());
+        }
+        if self.source.kind == SourceKind::Camera && self.source.pixel_formats.is_empty() {
+            return Err("source.pixel_formats must name at least one format for source.kind = \"camera\"".into());
         }
         if self.trigger.mode == TriggerMode::External && !self.mqtt.enabled {
             return Err("trigger.mode = \"external\" needs mqtt.enabled = true".into());

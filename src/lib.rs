@@ -19,6 +19,7 @@
 //! - [`overlay`]: heatmap overlays people can read.
 //! - `train` (feature `train`): the trainer behind `dskd-train`.
 
+pub mod backoff;
 pub mod bundle;
 pub mod config;
 pub mod detector;

@@ -59,6 +59,8 @@ enum Command {
         #[arg(long)]
         no_reference: bool,
     },
+    /// List the cameras this machine has and the modes each offers (for `source.device`).
+    Cameras,
     /// Write a deterministic synthetic data set (MVTec-style folders).
     Synth {
         #[arg(long)]
@@ -294,6 +296,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cameras => cameras(),
         Command::Synth { out, size, seed, train, test_good, test_defect } => {
             let counts = synth::SynthCounts { train, test_good, test_defect };
             let n =
@@ -304,6 +307,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+fn cameras() -> Result<ExitCode> {
+    let found = dskd::source::camera::list().context("listing cameras")?;
+    if found.is_empty() {
+        println!("no cameras found (V4L2 devices /dev/video*; is the user in the `video` group?)");
+    }
+    for (index, name, modes) in found {
+        println!("{index}: {name}");
+        for m in modes {
+            println!("    {m}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `RUST_LOG` if set; else info, with the embedded broker's per-connection chatter silenced.
 fn log_filter() -> tracing_subscriber::EnvFilter {
     tracing_subscriber::EnvFilter::try_from_default_env()
@@ -311,7 +328,9 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_env_filter(log_filter()).with_writer(std::io::stderr).init();
+    // Colour only on a terminal: journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(log_filter()).with_writer(std::io::stderr).with_ansi(ansi).init();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

@@ -446,3 +446,55 @@ fn credentials_from_a_file_connect_and_are_never_logged() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("mqtt connected") && !text.contains(secret), "log leaks or never connected:\n{text}");
 }
+
+/// No camera exists here (CI machines have no /dev/video*), so this covers everything up to the
+/// driver call: a daemon on a camera that is not there stays up, publishes its status, says
+/// which device failed and why, retries with capped back-off, and stops cleanly on SIGTERM.
+#[cfg(feature = "camera")]
+#[test]
+fn a_missing_camera_is_retried_with_backoff_and_the_daemon_stays_up() {
+    let port = start_broker();
+    let sub = subscribe(port);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[detector]\nbundle = \"models/demo\"\n[source]\nkind = \"camera\"\ndevice = \"/dev/video63\"\n\
+                 reconnect_initial_ms = 100\nreconnect_max_ms = 400\n";
+    let file = dir.path().join("dskd.toml");
+    std::fs::write(&file, format!("{}{extra}", base_config(dir.path(), port))).unwrap();
+    let log = dir.path().join("daemon.log");
+    let mut d = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_dskd"))
+            .args(["run", "--config"])
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let retries = |text: &str| -> Vec<u64> {
+        text.lines()
+            .filter(|l| l.contains("camera unavailable"))
+            .filter_map(|l| l.split("retry_in_ms=").nth(1)?.split_whitespace().next()?.parse().ok())
+            .collect()
+    };
+    let end = Instant::now() + Duration::from_secs(30);
+    while retries(&std::fs::read_to_string(&log).unwrap()).len() < 5 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = sub.collect(Duration::from_secs(5), |g| g.iter().any(|(t, _)| t == "dskd/t/status"));
+    assert!(d.0.try_wait().unwrap().is_none(), "the daemon exited on a missing camera");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(retries(&text)[..5], [100, 200, 400, 400, 400], "back-off:\n{text}");
+    assert!(text.contains("/dev/video63") && text.contains("No such file"), "{text}");
+    assert!(status.iter().any(|(t, v)| t == "dskd/t/status" && v["state"] == "online"), "{status:?}");
+    let term = Command::new("kill").args(["-TERM", &d.0.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let end = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(c) = d.0.try_wait().unwrap() {
+            break c;
+        }
+        assert!(Instant::now() < end, "no exit within 10 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(code.success(), "{code:?}");
+}

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use super::outbox::{Outbox, Pending};
 use super::{Command, Message, Report};
+use crate::backoff::Backoff;
 
 /// What the sink needs to know. Not `Debug`: it holds the broker password.
 #[derive(Clone)]
@@ -191,7 +192,7 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
         captured: HashMap::new(),
         latencies: Vec::new(),
     };
-    let mut backoff = sink.s.backoff_initial;
+    let mut backoff = Backoff::new(sink.s.backoff_initial, sink.s.backoff_max);
     let mut retry_at: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -220,20 +221,20 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
             ev = eventloop.poll(), if retry_at.is_none() => match ev {
                 Ok(ev) => {
                     if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
-                        backoff = sink.s.backoff_initial;
+                        backoff.reset();
                     }
                     handle(&mut sink, ev).await;
                 }
                 Err(e) => {
+                    let wait = backoff.next_wait();
                     if sink.connected {
                         tracing::warn!(error = %e, "mqtt connection lost");
                     } else {
-                        tracing::debug!(error = %e, retry_in_ms = backoff.as_millis() as u64, "mqtt connect failed");
+                        tracing::debug!(error = %e, retry_in_ms = wait.as_millis() as u64, "mqtt connect failed");
                     }
                     sink.connected = false;
                     sink.s.metrics.mqtt_connected.set(0);
-                    retry_at = Some(Instant::now() + backoff);
-                    backoff = (backoff * 2).min(sink.s.backoff_max);
+                    retry_at = Some(Instant::now() + wait);
                 }
             },
             _ = sleep_until(retry_at), if retry_at.is_some() => retry_at = None,

@@ -1,8 +1,10 @@
 //! Frame sources: each is a free async loop that pushes frames into the queue until it runs
 //! dry or shutdown is signalled. Sources know nothing of the detector or the sinks.
 
+pub mod camera;
 pub mod dir;
 pub mod pipe;
+pub mod pixels;
 pub mod synthetic;
 
 use std::sync::Arc;
@@ -68,6 +70,7 @@ pub async fn run(
         SourceKind::Dir => dir::run(&cfg, &queue, shutdown).await,
         SourceKind::Pipe => pipe::run(&cfg, &queue, shutdown).await,
         SourceKind::Synthetic => synthetic::run(&cfg, &queue, shutdown).await,
+        SourceKind::Camera => camera::run(&cfg, &queue, shutdown).await,
     };
     queue.close();
     result

@@ -1,0 +1,284 @@
+//! Raw camera buffers to images: the part of the camera source that needs no camera.
+//!
+//! Cameras hand over MJPEG, YUYV 4:2:2, NV12, GREY or packed RGB/BGR bytes. The detector wants
+//! an RGB or gray image; gray is cheaper (YUYV/NV12 → gray is just the Y plane) and the model
+//! sees gray as three equal channels anyway.
+
+use image::{DynamicImage, GrayImage, RgbImage};
+use serde::{Deserialize, Serialize};
+
+/// The pixel layout of a raw camera buffer.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PixelFormat {
+    Mjpeg,
+    Yuyv,
+    Nv12,
+    Gray,
+    Rgb,
+    Bgr,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PixelError {
+    #[error("{format:?} frame of {width}x{height} needs {want} bytes, got {got}")]
+    Size { format: PixelFormat, width: u32, height: u32, want: usize, got: usize },
+    #[error("{format:?} frame of {width}x{height}: width must be even")]
+    OddWidth { format: PixelFormat, width: u32, height: u32 },
+    #[error("MJPEG frame does not decode: {0}")]
+    Jpeg(String),
+}
+
+/// Converts one raw buffer of `width`×`height` pixels; `gray` asks for a one-channel image.
+pub fn to_image(
+    format: PixelFormat,
+    width: u32,
+    height: u32,
+    bytes: &[u8],
+    gray: bool,
+) -> Result<DynamicImage, PixelError> {
+    let img = match format {
+        PixelFormat::Mjpeg => decode_mjpeg(bytes)?,
+        PixelFormat::Gray => DynamicImage::ImageLuma8(gray_plane(format, width, height, bytes, 1, 1)?),
+        PixelFormat::Yuyv if gray => DynamicImage::ImageLuma8(gray_plane(format, width, height, bytes, 2, 2)?),
+        PixelFormat::Yuyv => DynamicImage::ImageRgb8(yuyv_to_rgb(width, height, bytes)?),
+        PixelFormat::Nv12 if gray => DynamicImage::ImageLuma8(nv12_luma(width, height, bytes)?),
+        PixelFormat::Nv12 => DynamicImage::ImageRgb8(nv12_to_rgb(width, height, bytes)?),
+        PixelFormat::Rgb | PixelFormat::Bgr => DynamicImage::ImageRgb8(packed_rgb(format, width, height, bytes)?),
+    };
+    Ok(if gray && img.color() != image::ColorType::L8 { DynamicImage::ImageLuma8(img.to_luma8()) } else { img })
+}
+
+fn check_len(format: PixelFormat, width: u32, height: u32, got: usize, want: usize) -> Result<(), PixelError> {
+    // Some drivers pad the last line or the buffer; fewer bytes than a whole frame is an error.
+    if got < want { Err(PixelError::Size { format, width, height, want, got }) } else { Ok(()) }
+}
+
+fn check_even(format: PixelFormat, width: u32, height: u32) -> Result<(), PixelError> {
+    if width % 2 == 1 { Err(PixelError::OddWidth { format, width, height }) } else { Ok(()) }
+}
+
+/// Every `step`-th byte from the start: the Y samples of GREY (step 1) or YUYV (step 2).
+fn gray_plane(
+    format: PixelFormat,
+    width: u32,
+    height: u32,
+    bytes: &[u8],
+    bytes_per_px: usize,
+    step: usize,
+) -> Result<GrayImage, PixelError> {
+    let n = (width * height) as usize;
+    check_len(format, width, height, bytes.len(), n * bytes_per_px)?;
+    let y: Vec<u8> = bytes.iter().step_by(step).take(n).copied().collect();
+    Ok(GrayImage::from_raw(width, height, y).expect("length checked"))
+}
+
+fn nv12_luma(width: u32, height: u32, bytes: &[u8]) -> Result<GrayImage, PixelError> {
+    let n = (width * height) as usize;
+    check_even(PixelFormat::Nv12, width, height)?;
+    check_len(PixelFormat::Nv12, width, height, bytes.len(), n + n / 2)?;
+    Ok(GrayImage::from_raw(width, height, bytes[..n].to_vec()).expect("length checked"))
+}
+
+/// BT.601 limited-range YCbCr to RGB, the matrix UVC cameras use for YUYV and NV12.
+fn ycbcr_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
+    let c = 1.164 * (f32::from(y) - 16.0);
+    let d = f32::from(cb) - 128.0;
+    let e = f32::from(cr) - 128.0;
+    let clamp = |v: f32| v.round().clamp(0.0, 255.0) as u8;
+    [clamp(c + 1.596 * e), clamp(c - 0.392 * d - 0.813 * e), clamp(c + 2.017 * d)]
+}
+
+fn yuyv_to_rgb(width: u32, height: u32, bytes: &[u8]) -> Result<RgbImage, PixelError> {
+    let n = (width * height) as usize;
+    check_even(PixelFormat::Yuyv, width, height)?;
+    check_len(PixelFormat::Yuyv, width, height, bytes.len(), n * 2)?;
+    let mut out = Vec::with_capacity(n * 3);
+    // Each 4-byte group [Y0 U Y1 V] carries two pixels sharing one chroma pair.
+    for g in bytes[..n * 2].chunks_exact(4) {
+        out.extend_from_slice(&ycbcr_to_rgb(g[0], g[1], g[3]));
+        out.extend_from_slice(&ycbcr_to_rgb(g[2], g[1], g[3]));
+    }
+    Ok(RgbImage::from_raw(width, height, out).expect("length checked"))
+}
+
+fn nv12_to_rgb(width: u32, height: u32, bytes: &[u8]) -> Result<RgbImage, PixelError> {
+    let (w, h) = (width as usize, height as usize);
+    let luma = nv12_luma(width, height, bytes)?;
+    // After the Y plane: one interleaved [Cb Cr] pair per 2×2 block.
+    let chroma = &bytes[w * h..];
+    let rgb = RgbImage::from_fn(width, height, |x, y| {
+        let (x, y) = (x as usize, y as usize);
+        let c = (y / 2) * w + (x / 2) * 2;
+        image::Rgb(ycbcr_to_rgb(luma.as_raw()[y * w + x], chroma[c], chroma[c + 1]))
+    });
+    debug_assert_eq!(rgb.len(), w * h * 3);
+    Ok(rgb)
+}
+
+fn packed_rgb(format: PixelFormat, width: u32, height: u32, bytes: &[u8]) -> Result<RgbImage, PixelError> {
+    let n = (width * height) as usize;
+    check_len(format, width, height, bytes.len(), n * 3)?;
+    let mut px = bytes[..n * 3].to_vec();
+    if format == PixelFormat::Bgr {
+        px.chunks_exact_mut(3).for_each(|p| p.swap(0, 2));
+    }
+    Ok(RgbImage::from_raw(width, height, px).expect("length checked"))
+}
+
+/// Decodes one MJPEG frame. UVC cameras often leave out the Huffman tables (no DHT segment)
+/// and rely on the standard ones of JPEG Annex K, which the decoder does not assume: those
+/// frames get the standard tables put in front of their scan.
+fn decode_mjpeg(bytes: &[u8]) -> Result<DynamicImage, PixelError> {
+    let with_tables;
+    let bytes = match scan_start_without_tables(bytes) {
+        Some(sos) => {
+            with_tables = [&bytes[..sos], &standard_dht_segment(), &bytes[sos..]].concat();
+            &with_tables[..]
+        }
+        None => bytes,
+    };
+    image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg).map_err(|e| PixelError::Jpeg(e.to_string()))
+}
+
+/// The offset of the start-of-scan marker when no DHT segment comes before it.
+fn scan_start_without_tables(jpeg: &[u8]) -> Option<usize> {
+    if !jpeg.starts_with(&[0xFF, 0xD8]) {
+        return None;
+    }
+    let mut i = 2;
+    while i + 4 <= jpeg.len() && jpeg[i] == 0xFF {
+        match jpeg[i + 1] {
+            0xC4 => return None,
+            0xDA => return Some(i),
+            _ => i += 2 + (usize::from(jpeg[i + 2]) << 8 | usize::from(jpeg[i + 3])),
+        }
+    }
+    None
+}
+
+/// One DHT segment with the four tables of JPEG Annex K.3 (luminance and chrominance, DC and AC).
+fn standard_dht_segment() -> Vec<u8> {
+    const DC_LUMA_BITS: [u8; 16] = [0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0];
+    const DC_CHROMA_BITS: [u8; 16] = [0, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0];
+    const DC_VALUES: [u8; 12] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
+    const AC_LUMA_BITS: [u8; 16] = [0, 2, 1, 3, 3, 2, 4, 3, 5, 5, 4, 4, 0, 0, 1, 0x7d];
+    const AC_CHROMA_BITS: [u8; 16] = [0, 2, 1, 2, 4, 4, 3, 4, 7, 5, 4, 4, 0, 1, 2, 0x77];
+    // Each AC table starts with its short codes in the standard's order; all other (run, size)
+    // symbols follow in ascending order, which is how Annex K lists them.
+    const AC_LUMA_HEAD: [u8; 41] = [
+        0x01, 0x02, 0x03, 0x00, 0x04, 0x11, 0x05, 0x12, 0x21, 0x31, 0x41, 0x06, 0x13, 0x51, 0x61, 0x07, 0x22, 0x71,
+        0x14, 0x32, 0x81, 0x91, 0xa1, 0x08, 0x23, 0x42, 0xb1, 0xc1, 0x15, 0x52, 0xd1, 0xf0, 0x24, 0x33, 0x62, 0x72,
+        0x82, 0x09, 0x0a, 0x16, 0x17,
+    ];
+    const AC_CHROMA_HEAD: [u8; 44] = [
+        0x00, 0x01, 0x02, 0x03, 0x11, 0x04, 0x05, 0x21, 0x31, 0x06, 0x12, 0x41, 0x51, 0x07, 0x61, 0x71, 0x13, 0x22,
+        0x32, 0x81, 0x08, 0x14, 0x42, 0x91, 0xa1, 0xb1, 0xc1, 0x09, 0x23, 0x33, 0x52, 0xf0, 0x15, 0x62, 0x72, 0xd1,
+        0x0a, 0x16, 0x24, 0x34, 0xe1, 0x25, 0xf1, 0x17,
+    ];
+    let ac_values = |head: &[u8]| -> Vec<u8> {
+        let all = (0..=15u8).flat_map(|run| (1..=10u8).map(move |size| run << 4 | size));
+        let rest = all.filter(|v| !head.contains(v) && *v != 0x00 && *v != 0xf0);
+        head.iter().copied().chain(rest).collect()
+    };
+    let tables: [(u8, &[u8; 16], Vec<u8>); 4] = [
+        (0x00, &DC_LUMA_BITS, DC_VALUES.to_vec()),
+        (0x10, &AC_LUMA_BITS, ac_values(&AC_LUMA_HEAD)),
+        (0x01, &DC_CHROMA_BITS, DC_VALUES.to_vec()),
+        (0x11, &AC_CHROMA_BITS, ac_values(&AC_CHROMA_HEAD)),
+    ];
+    let mut body = Vec::new();
+    for (class_and_id, bits, values) in &tables {
+        debug_assert_eq!(bits.iter().map(|&b| usize::from(b)).sum::<usize>(), values.len());
+        body.push(*class_and_id);
+        body.extend_from_slice(*bits);
+        body.extend_from_slice(values);
+    }
+    let len = u16::try_from(body.len() + 2).expect("DHT fits a segment");
+    [&[0xFF, 0xC4][..], &len.to_be_bytes(), &body].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::ImageEncoder;
+
+    fn jpeg(img: &RgbImage) -> Vec<u8> {
+        let mut buf = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 90)
+            .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+            .unwrap();
+        buf
+    }
+
+    /// Removes every DHT (0xFFC4) segment, as many UVC cameras send MJPEG.
+    fn strip_huffman_tables(jpeg: &[u8]) -> Vec<u8> {
+        let mut out = jpeg[..2].to_vec();
+        let mut i = 2;
+        while i + 4 <= jpeg.len() && jpeg[i] == 0xFF && jpeg[i + 1] != 0xDA {
+            let len = usize::from(jpeg[i + 2]) << 8 | usize::from(jpeg[i + 3]);
+            if jpeg[i + 1] != 0xC4 {
+                out.extend_from_slice(&jpeg[i..i + 2 + len]);
+            }
+            i += 2 + len;
+        }
+        out.extend_from_slice(&jpeg[i..]);
+        out
+    }
+
+    #[test]
+    fn yuyv_primaries_and_gray() {
+        // Y=81 U=90 V=240 is BT.601 red; Y=145 U=54 V=34 is green; two pixels per group.
+        let bytes = [81, 90, 81, 240, 145, 54, 145, 34];
+        let img = to_image(PixelFormat::Yuyv, 4, 1, &bytes, false).unwrap().to_rgb8();
+        let red = img.get_pixel(0, 0).0;
+        let green = img.get_pixel(2, 0).0;
+        assert!(red[0] > 240 && red[1] < 10 && red[2] < 10, "{red:?}");
+        assert!(green[1] > 240 && green[0] < 10 && green[2] < 10, "{green:?}");
+        let gray = to_image(PixelFormat::Yuyv, 4, 1, &bytes, true).unwrap();
+        assert_eq!(gray.to_luma8().as_raw(), &[81, 81, 145, 145]);
+    }
+
+    #[test]
+    fn nv12_shares_chroma_per_two_by_two_block() {
+        // 2×2 Y of 235 (white) with neutral chroma → white everywhere.
+        let bytes = [235, 235, 235, 235, 128, 128];
+        let img = to_image(PixelFormat::Nv12, 2, 2, &bytes, false).unwrap().to_rgb8();
+        assert!(img.pixels().all(|p| p.0 == [255, 255, 255]), "{img:?}");
+    }
+
+    #[test]
+    fn gray_and_bgr_are_taken_as_they_are() {
+        let img = to_image(PixelFormat::Gray, 3, 1, &[1, 2, 3], false).unwrap();
+        assert_eq!(img.to_luma8().as_raw(), &[1, 2, 3]);
+        let img = to_image(PixelFormat::Bgr, 1, 1, &[10, 20, 30], false).unwrap();
+        assert_eq!(img.to_rgb8().as_raw(), &[30, 20, 10]);
+    }
+
+    #[test]
+    fn short_or_odd_buffers_are_errors_not_panics() {
+        let e = to_image(PixelFormat::Yuyv, 4, 2, &[0; 10], false).unwrap_err();
+        assert_eq!(e, PixelError::Size { format: PixelFormat::Yuyv, width: 4, height: 2, want: 16, got: 10 });
+        assert!(e.to_string().contains("needs 16 bytes, got 10"));
+        assert!(matches!(to_image(PixelFormat::Yuyv, 3, 1, &[0; 6], false), Err(PixelError::OddWidth { .. })));
+        assert!(matches!(to_image(PixelFormat::Mjpeg, 8, 8, b"not a jpeg", false), Err(PixelError::Jpeg(_))));
+    }
+
+    #[test]
+    fn mjpeg_with_and_without_huffman_tables() {
+        let src = RgbImage::from_fn(32, 16, |x, y| image::Rgb([(x * 8) as u8, (y * 16) as u8, 128]));
+        let full = jpeg(&src);
+        let bare = strip_huffman_tables(&full);
+        assert!(bare.len() < full.len(), "the test JPEG had DHT segments to strip");
+        let decoded = |b: &[u8]| to_image(PixelFormat::Mjpeg, 32, 16, b, false).unwrap().to_rgb8();
+        assert_eq!(decoded(&bare), decoded(&full), "standard tables decode as the encoder's own");
+        for bytes in [&full, &bare] {
+            let img = to_image(PixelFormat::Mjpeg, 32, 16, bytes, false).unwrap().to_rgb8();
+            assert_eq!(img.dimensions(), (32, 16));
+            let err = img.pixels().zip(src.pixels()).map(|(a, b)| (i32::from(a.0[0]) - i32::from(b.0[0])).abs()).max();
+            assert!(err.unwrap() < 16, "decoded red channel off by {err:?}");
+        }
+        let gray = to_image(PixelFormat::Mjpeg, 32, 16, &full, true).unwrap();
+        assert_eq!(gray.color(), image::ColorType::L8);
+    }
+}
