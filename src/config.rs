@@ -186,6 +186,13 @@ pub struct MqttConfig {
     pub password: Secret,
     /// A file whose first line is the password (e.g. a systemd credential).
     pub password_file: PathBuf,
+    /// Connect over TLS (port 8883 by convention).
+    pub tls: bool,
+    /// PEM file of the CA(s) to trust (empty = the system's store).
+    pub ca_file: PathBuf,
+    /// Client certificate chain and private key (PEM) for brokers that want mutual TLS.
+    pub client_cert_file: PathBuf,
+    pub client_key_file: PathBuf,
 }
 
 /// A string that never prints (Debug shows `***`).
@@ -216,6 +223,10 @@ impl Default for MqttConfig {
             username: String::new(),
             password: Secret::default(),
             password_file: PathBuf::new(),
+            tls: false,
+            ca_file: PathBuf::new(),
+            client_cert_file: PathBuf::new(),
+            client_key_file: PathBuf::new(),
         }
     }
 }
@@ -304,6 +315,9 @@ impl Config {
         }
         if self.source.kind == SourceKind::Camera && self.source.pixel_formats.is_empty() {
             return Err("source.pixel_formats must name at least one format for source.kind = \"camera\"".into());
+        }
+        if self.mqtt.client_cert_file.as_os_str().is_empty() != self.mqtt.client_key_file.as_os_str().is_empty() {
+            return Err("mqtt.client_cert_file and mqtt.client_key_file go together".into());
         }
         if self.trigger.mode == TriggerMode::External && !self.mqtt.enabled {
             return Err("trigger.mode = \"external\" needs mqtt.enabled = true".into());

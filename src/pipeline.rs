@@ -131,11 +131,25 @@ fn start_mqtt(
         backoff_max: Duration::from_millis(cfg.mqtt.backoff_max_ms.max(1)),
         status: serde_json::json!({"camera": cfg.camera, "model": model.name, "version": model.version, "sha256": model.sha256}),
         credentials: cfg.mqtt_password()?.map(|p| (cfg.mqtt.username.clone(), p)),
+        tls: tls_config(cfg)?,
         metrics: metrics.clone(),
     };
     let (tx, rx) = mpsc::channel(1024);
     let task = tokio::spawn(sink::mqtt::run(settings, outbox, rx, commands));
     Ok((tx, task))
+}
+
+/// The TLS client configuration when `mqtt.tls` is set; a bad file stops the start, named.
+fn tls_config(cfg: &Config) -> Result<Option<Arc<rustls::ClientConfig>>> {
+    if !cfg.mqtt.tls {
+        return Ok(None);
+    }
+    let path = |p: &std::path::Path| (!p.as_os_str().is_empty()).then(|| p.to_path_buf());
+    let ca = path(&cfg.mqtt.ca_file);
+    let client = path(&cfg.mqtt.client_cert_file).zip(path(&cfg.mqtt.client_key_file));
+    let tls = sink::tls::client_config(ca.as_deref(), client.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))
+        .context("mqtt TLS")?;
+    Ok(Some(tls))
 }
 
 /// Frame-loop counters over one telemetry window.

@@ -498,3 +498,105 @@ fn a_missing_camera_is_retried_with_backoff_and_the_daemon_stays_up() {
     };
     assert!(code.success(), "{code:?}");
 }
+
+/// A self-signed CA, written to `dir/<name>-ca.pem`, and a certificate for 127.0.0.1 it
+/// signed: (CA PEM file, server chain, server key).
+fn test_pki(
+    dir: &Path,
+    name: &str,
+) -> (std::path::PathBuf, Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} test CA"));
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+    let ca_pem = dir.join(format!("{name}-ca.pem"));
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    (ca_pem, vec![cert.der().clone()], key)
+}
+
+/// A TLS front for the broker (rustls, ring): TLS on `listen`, plain MQTT on to `target`. The
+/// broker under test (embedded or mosquitto) then sees the daemon only through real TLS.
+fn tls_front(
+    listen: u16,
+    target: u16,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+    let listener = TcpListener::bind(("127.0.0.1", listen)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // A client that does not trust us fails the handshake: nothing to forward.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+    });
+}
+
+/// MQTT over TLS: trusting the broker's CA, events arrive; trusting another CA, the daemon
+/// refuses the broker, says why at warn level, keeps inspecting and keeps its events.
+#[test]
+fn tls_delivers_with_the_right_ca_and_refuses_a_wrong_one() {
+    let port = start_broker();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_pem, chain, key) = test_pki(dir.path(), "line");
+    let (wrong_pem, _, _) = test_pki(dir.path(), "other");
+    let tls_port = free_port();
+    tls_front(tls_port, port, chain, key);
+    let sub = subscribe(port);
+    let run = |ca: &Path, log: &Path| {
+        let extra =
+            "[detector]\nbundle = \"models/demo\"\n[source]\nkind = \"synthetic\"\nrate_hz = 8.0\ndefect_every = 2\n";
+        let cfg = format!("{}{extra}", base_config(dir.path(), tls_port)).replace(
+            "results = true\n",
+            &format!("results = true\nhost = \"127.0.0.1\"\ntls = true\nca_file = \"{}\"\n", ca.display()),
+        );
+        let file = dir.path().join("dskd.toml");
+        std::fs::write(&file, cfg).unwrap();
+        Daemon(
+            Command::new(env!("CARGO_BIN_EXE_dskd"))
+                .args(["run", "--config"])
+                .arg(&file)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let wrong_log = dir.path().join("wrong.log");
+    let mut d = run(&wrong_pem, &wrong_log);
+    let got = sub.collect(Duration::from_secs(6), |_| false);
+    assert!(d.0.try_wait().unwrap().is_none(), "the daemon exited over a TLS failure");
+    kill(d);
+    let text = std::fs::read_to_string(&wrong_log).unwrap();
+    assert!(!got.iter().any(|(t, _)| t == "dskd/t/events"), "events through an untrusted broker: {got:?}");
+    assert!(text.contains("WARN") && text.contains("mqtt connect failed") && text.contains("UnknownIssuer"), "{text}");
+    assert!(!outbox_ids(&dir.path().join("outbox.sqlite")).is_empty(), "events were kept in the outbox");
+
+    let good = run(&ca_pem, &dir.path().join("good.log"));
+    let got = sub.collect(Duration::from_secs(60), |g| g.iter().any(|(t, _)| t == "dskd/t/events"));
+    kill(good);
+    let events: Vec<_> = got.iter().filter(|(t, _)| t == "dskd/t/events").collect();
+    assert!(!events.is_empty(), "no event over TLS: {got:?}");
+    schema_check_event(&events[0].1);
+}

@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod mqtt;
 pub mod outbox;
+pub mod tls;
 
 use serde::{Deserialize, Serialize};
 

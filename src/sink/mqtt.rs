@@ -17,7 +17,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -41,6 +43,8 @@ pub struct Settings {
     pub status: serde_json::Value,
     /// User name and password, if the broker wants them (never logged).
     pub credentials: Option<(String, String)>,
+    /// TLS client configuration, when the broker is reached over TLS.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
@@ -179,6 +183,9 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
     if let Some((user, password)) = &s.credentials {
         opts.set_credentials(user.clone(), password.clone());
     }
+    if let Some(tls) = &s.tls {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
+    }
     opts.set_last_will(LastWill::new(format!("{}/status", s.prefix), status(&s, "offline"), QoS::AtLeastOnce, true));
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let mut sink = Sink {
@@ -194,6 +201,7 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
     };
     let mut backoff = Backoff::new(sink.s.backoff_initial, sink.s.backoff_max);
     let mut retry_at: Option<Instant> = None;
+    let mut last_error: Option<String> = None;
     loop {
         tokio::select! {
             r = reports.recv() => match r {
@@ -222,16 +230,23 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
                 Ok(ev) => {
                     if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
                         backoff.reset();
+                        last_error = None;
                     }
                     handle(&mut sink, ev).await;
                 }
                 Err(e) => {
                     let wait = backoff.next_wait();
+                    let error = e.to_string();
                     if sink.connected {
-                        tracing::warn!(error = %e, "mqtt connection lost");
+                        tracing::warn!(%error, "mqtt connection lost");
+                    } else if last_error.as_deref() != Some(error.as_str()) {
+                        // Each new reason once at warn (a wrong CA or password must be seen);
+                        // the same reason again only at debug, so an outage does not flood.
+                        tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "mqtt connect failed");
                     } else {
-                        tracing::debug!(error = %e, retry_in_ms = wait.as_millis() as u64, "mqtt connect failed");
+                        tracing::debug!(%error, retry_in_ms = wait.as_millis() as u64, "mqtt connect failed");
                     }
+                    last_error = Some(error);
                     sink.connected = false;
                     sink.s.metrics.mqtt_connected.set(0);
                     retry_at = Some(Instant::now() + wait);
