@@ -22,6 +22,26 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub stdout: StdoutConfig,
     pub http: HttpConfig,
+    pub images: ImagesConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// Folder for overlay JPEGs of defective frames (empty = no images).
+    pub dir: PathBuf,
+    /// At most this many images per minute; later defects in the minute go out without one.
+    pub max_per_minute: usize,
+    /// Disk budget: beyond it the oldest images are deleted.
+    pub max_bytes: u64,
+    /// JPEG quality, 1-100.
+    pub quality: u8,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        Self { dir: PathBuf::new(), max_per_minute: 12, max_bytes: 512 << 20, quality: 85 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -271,6 +291,7 @@ impl Default for Config {
             outbox: OutboxConfig::default(),
             stdout: StdoutConfig::default(),
             http: HttpConfig::default(),
+            images: ImagesConfig::default(),
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub outbox_pending: Gauge,
     pub outbox_dropped: Gauge,
     pub mqtt_connected: Gauge,
+    pub images_written: Counter,
+    pub images_skipped: Counter,
     /// Set once the bundle is loaded and the sinks are started.
     pub ready: AtomicBool,
 }
@@ -41,6 +43,8 @@ impl Default for Metrics {
             outbox_pending: Gauge::default(),
             outbox_dropped: Gauge::default(),
             mqtt_connected: Gauge::default(),
+            images_written: Counter::default(),
+            images_skipped: Counter::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -53,6 +57,12 @@ impl Default for Metrics {
         registry.register("outbox_pending", "Events waiting in the outbox", m.outbox_pending.clone());
         registry.register("outbox_dropped", "Events dropped by the full outbox since start", m.outbox_dropped.clone());
         registry.register("mqtt_connected", "1 while connected to the broker", m.mqtt_connected.clone());
+        registry.register("images_written", "Overlay JPEGs written to the image store", m.images_written.clone());
+        registry.register(
+            "images_skipped",
+            "Defects without an overlay image (rate limit or a failed write)",
+            m.images_skipped.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -71,14 +81,32 @@ impl Metrics {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
+/// Reads up to the blank line that ends an HTTP request head. A request can arrive in several
+/// TCP segments; answering after the first would cut off a client still writing. Bounded in
+/// size and time so a stuck or hostile client costs nothing.
+async fn read_request_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 512];
+    let read = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            let n = stream.read(&mut buf).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Some(())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), read).await.ok()??;
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else { continue };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = stream.read(&mut buf).await.unwrap_or(0);
-            let request = String::from_utf8_lossy(&buf[..n]);
+            let Some(request) = read_request_head(&mut stream).await else { return };
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
                 "/metrics" => ("200 OK", metrics.render()),
@@ -108,5 +136,22 @@ mod tests {
         let text = m.render();
         assert!(text.contains("dskd_frames_inspected_total 1"), "{text}");
         assert!(text.contains("dskd_inference_seconds_bucket"), "{text}");
+    }
+
+    /// A request head split over several writes is answered once whole (an answer after the
+    /// first segment would reset a client still writing).
+    #[tokio::test]
+    async fn a_request_in_pieces_is_answered_whole() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, Arc::new(Metrics::default())));
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for piece in ["GET /hea", "lthz HTTP/1.1\r\nHost: x\r\n", "\r\n"] {
+            c.write_all(piece.as_bytes()).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        }
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("ok\n"), "{answer}");
     }
 }

@@ -19,6 +19,7 @@ use crate::detector::{Detector, Inspection, Precision, verdict};
 use crate::metrics::Metrics;
 use crate::queue::DropOldest;
 use crate::service;
+use crate::sink::image_store::ImageStore;
 use crate::sink::outbox::Outbox;
 use crate::sink::{self, Command, Latency, Message, ModelRef, Report};
 use crate::source::{self, Frame};
@@ -68,6 +69,58 @@ fn report(cfg: &Config, frame: &Frame, insp: &Inspection, model: &ModelRef, requ
             inference: insp.timings.total_ms,
         },
         request_id,
+        image: None,
+    }
+}
+
+/// The image store, shared with the blocking task that renders and writes each overlay.
+type Images = Option<Arc<std::sync::Mutex<ImageStore>>>;
+
+fn open_images(cfg: &Config) -> Result<Images> {
+    let c = &cfg.images;
+    if c.dir.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let store = ImageStore::open(&c.dir, c.max_bytes, c.max_per_minute, c.quality)
+        .with_context(|| format!("images.dir {}", c.dir.display()))?;
+    Ok(Some(Arc::new(std::sync::Mutex::new(store))))
+}
+
+/// Renders and stores the overlay of a defective frame when the store is on and its rate
+/// limit allows; the path, or None. A failed write costs the image, never the event.
+async fn store_overlay(
+    images: &Images,
+    id: &str,
+    frame: &Frame,
+    insp: &Inspection,
+    metrics: &Metrics,
+) -> Option<String> {
+    let store = images.as_ref()?.clone();
+    if !store.lock().expect("image store lock").admit(Instant::now()) {
+        metrics.images_skipped.inc();
+        return None;
+    }
+    let (img, insp, id) = (frame.image.clone(), insp.clone(), id.to_string());
+    let saved = tokio::task::spawn_blocking(move || {
+        let overlay = crate::overlay::render(&img, &insp.map, &insp.verdict);
+        store.lock().expect("image store lock").save(&id, &overlay)
+    })
+    .await;
+    match saved {
+        Ok(Ok(path)) => {
+            metrics.images_written.inc();
+            Some(path.display().to_string())
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "overlay image not stored; the event goes out without it");
+            metrics.images_skipped.inc();
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "overlay image task failed");
+            metrics.images_skipped.inc();
+            None
+        }
     }
 }
 
@@ -248,6 +301,7 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
     let mut serving = Serving { detector, model };
     let (cmd_tx, mut cmd_rx) = mpsc::channel(64);
     let mqtt = if cfg.mqtt.enabled { Some(start_mqtt(&cfg, &serving.model, cmd_tx, &metrics)?) } else { None };
+    let images = open_images(&cfg)?;
     let queue = Arc::new(DropOldest::new(cfg.queue.capacity));
     let source = tokio::spawn(source::run(cfg.source.clone(), queue.clone(), controls.shutdown.clone()));
     notifier.ready(&format!("serving {} {}", serving.model.name, serving.model.version));
@@ -316,7 +370,10 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
         metrics.inference_seconds.observe(insp.timings.total_ms / 1e3);
         metrics.frames_dropped.set(queue.dropped() as i64);
         metrics.queue_depth.set(queue.len() as i64);
-        let r = report(&cfg, &frame, &insp, &serving.model, request_id);
+        let mut r = report(&cfg, &frame, &insp, &serving.model, request_id);
+        if r.is_defect() {
+            r.image = store_overlay(&images, &r.id, &frame, &insp, &metrics).await;
+        }
         window.frames += 1;
         window.latencies.push(r.latency_ms.frame_to_verdict);
         if cfg.stdout.enabled {

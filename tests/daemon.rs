@@ -342,11 +342,12 @@ fn watchdog_pings_follow_the_frame_loop() {
     // 15 frames, 0.2 s apart, then silence: the loop has nothing to do and must not ping.
     let cmd = format!("for i in $(seq 15); do cat {f}; sleep 0.2; done; sleep 60", f = frame.display());
     let cfg = dir.path().join("dskd.toml");
-    let http = free_port();
-    let text = format!(
-        "camera = \"w\"\n[source]\nkind = \"pipe\"\ncommand = \"{cmd}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n"
-    );
+    // Port 0: the daemon picks a free port and logs it (a port picked here could be taken by
+    // another test's socket before the daemon binds it).
+    let text =
+        format!("camera = \"w\"\n[source]\nkind = \"pipe\"\ncommand = \"{cmd}\"\n[http]\nlisten = \"127.0.0.1:0\"\n");
     std::fs::write(&cfg, text).unwrap();
+    let stderr = dir.path().join("daemon.log");
     let d = Daemon(
         Command::new(env!("CARGO_BIN_EXE_dskd"))
             .args(["run", "--config"])
@@ -354,6 +355,7 @@ fn watchdog_pings_follow_the_frame_loop() {
             .env("NOTIFY_SOCKET", &sock_path)
             .env("WATCHDOG_USEC", "400000")
             .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -369,6 +371,12 @@ fn watchdog_pings_follow_the_frame_loop() {
             break;
         }
     }
+    let daemon_log = std::fs::read_to_string(&stderr).unwrap();
+    let http: u16 = daemon_log
+        .split("serving /metrics /healthz /readyz addr=127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP address in the log:\n{daemon_log}"));
     let metrics = http_get(http, "/metrics");
     let ready = http_get(http, "/readyz");
     kill(d);
@@ -599,4 +607,92 @@ fn tls_delivers_with_the_right_ca_and_refuses_a_wrong_one() {
     let events: Vec<_> = got.iter().filter(|(t, _)| t == "dskd/t/events").collect();
     assert!(!events.is_empty(), "no event over TLS: {got:?}");
     schema_check_event(&events[0].1);
+}
+
+/// A daemon on synthetic frames with a defect in every frame and the image store on.
+fn daemon_with_images(dir: &Path, port: u16, frames: u64, max_per_minute: u32) -> (Daemon, std::path::PathBuf) {
+    let images = dir.join("images");
+    let extra = format!(
+        "[detector]\nbundle = \"models/demo\"\n[source]\nkind = \"synthetic\"\nrate_hz = 4.0\ndefect_every = 1\n\
+         frames = {frames}\n[images]\ndir = \"{}\"\nmax_per_minute = {max_per_minute}\n",
+        images.display()
+    );
+    let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+    let file = dir.join("dskd.toml");
+    std::fs::write(&file, format!("{}{extra}", base_config(dir, port))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_dskd"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    (Daemon(child), images)
+}
+
+fn on<'a>(topic: &str, got: &'a [(String, serde_json::Value)]) -> Vec<&'a serde_json::Value> {
+    got.iter().filter(|(t, _)| t == &format!("dskd/t/{topic}")).map(|(_, v)| v).collect()
+}
+
+fn events(got: &[(String, serde_json::Value)]) -> Vec<&serde_json::Value> {
+    on("events", got)
+}
+
+/// True once all `frames` verdicts are in (`results`) and every defect among them has its event.
+fn all_reported(frames: usize, got: &[(String, serde_json::Value)]) -> bool {
+    let results = on("results", got);
+    let defects = results.iter().filter(|r| r["verdict"] == "defect").count();
+    results.len() >= frames && events(got).len() >= defects
+}
+
+/// Overlays of defective frames land in the image store, named by event id, with the path in
+/// the event; the rate limit lets through at most `max_per_minute`, the rest go out without.
+#[test]
+fn defect_overlays_are_stored_rate_limited_with_the_path_in_the_event() {
+    let port = start_broker();
+    let sub = subscribe(port);
+    let dir = tempfile::tempdir().unwrap();
+    let (d, images) = daemon_with_images(dir.path(), port, 8, 3);
+    let got = sub.collect(Duration::from_secs(60), |g| all_reported(8, g));
+    kill(d);
+    let ev = events(&got);
+    // The demo bundle flags nearly every synthetic defect (it may miss a faint one).
+    assert!(ev.len() >= 5, "{got:?}");
+    for e in &ev {
+        schema_check_event(e);
+    }
+    let with: Vec<&str> = ev.iter().filter_map(|e| e["image"].as_str()).collect();
+    assert_eq!(with.len(), 3, "rate limit of 3 per minute: {ev:?}");
+    assert!(ev[..3].iter().all(|e| e["image"].is_string()), "the first three carry images");
+    for (e, path) in ev.iter().zip(&with) {
+        let p = Path::new(path);
+        assert_eq!(p.parent().unwrap(), images);
+        assert_eq!(p.file_name().unwrap().to_str().unwrap(), format!("{}.jpg", e["id"].as_str().unwrap()));
+        let img = image::open(p).unwrap_or_else(|err| panic!("{path}: {err}"));
+        assert_eq!((img.width(), img.height()), (256, 256));
+    }
+    assert_eq!(std::fs::read_dir(&images).unwrap().count(), 3);
+}
+
+/// The image folder disappearing under a running daemon (a full or unmounted disk) costs the
+/// images, not the events: every frame is still reported, defects with `image` null and a
+/// warning.
+#[test]
+fn a_failing_image_store_loses_no_events() {
+    let port = start_broker();
+    let sub = subscribe(port);
+    let dir = tempfile::tempdir().unwrap();
+    let (d, images) = daemon_with_images(dir.path(), port, 8, 100);
+    let first = sub.collect(Duration::from_secs(60), |g| !events(g).is_empty());
+    std::fs::remove_dir_all(&images).unwrap();
+    let rest =
+        sub.collect(Duration::from_secs(60), |g| all_reported(8, &first.iter().chain(g).cloned().collect::<Vec<_>>()));
+    kill(d);
+    let (ev0, ev) = (events(&first), events(&rest));
+    assert!(ev0[0]["image"].is_string(), "{first:?}");
+    let results = on("results", &first).len() + on("results", &rest).len();
+    assert_eq!(results, 8, "every frame still reported: {rest:?}");
+    assert!(!ev.is_empty() && ev.last().unwrap()["image"].is_null(), "{rest:?}");
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    assert!(log.contains("overlay image not stored") && log.contains("No such file"), "{log}");
 }

@@ -2,6 +2,7 @@
 //! send [`Command`]s back; they know nothing of sources or the detector.
 
 pub mod broker;
+pub mod image_store;
 pub mod mqtt;
 pub mod outbox;
 pub mod tls;
@@ -28,6 +29,9 @@ pub struct Report {
     pub latency_ms: Latency,
     /// The `request_id` of the trigger command that asked for this inspection.
     pub request_id: Option<String>,
+    /// The overlay JPEG in the image store (defects only; null when off, rate-limited or the
+    /// write failed).
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
