@@ -27,22 +27,37 @@ fn start_broker() -> u16 {
 
 /// The `[mqtt]` and `[outbox]` tables every daemon in these tests shares.
 fn base_config(dir: &Path, port: u16) -> String {
+    base_config_mqtt(dir, port, "")
+}
+
+/// [`base_config`] with more `[mqtt]` keys (credentials, TLS).
+fn base_config_mqtt(dir: &Path, port: u16, mqtt: &str) -> String {
     format!(
         "camera = \"t\"\n[mqtt]\nenabled = true\nport = {port}\nresults = true\ntelemetry_interval_s = 1\n\
-         backoff_initial_ms = 100\nbackoff_max_ms = 400\n[http]\nlisten = \"127.0.0.1:0\"\n[outbox]\npath = \"{}\"\n",
+         backoff_initial_ms = 100\nbackoff_max_ms = 400\n{mqtt}[http]\nlisten = \"127.0.0.1:0\"\n[outbox]\npath = \"{}\"\n",
         dir.join("outbox.sqlite").display()
     )
 }
 
-/// Writes `config` to `dir/dskd.toml` and starts `dskd run` on it.
+/// The demo bundle on synthetic frames, every second one defective.
+const SYNTHETIC_DEFECTS: &str =
+    "[detector]\nbundle = \"models/demo\"\n[source]\nkind = \"synthetic\"\nrate_hz = 8.0\ndefect_every = 2\n";
+
+/// Writes `config` to `dir/dskd.toml` and starts `dskd run` on it; its log goes to `dir/daemon.log`.
 fn spawn(dir: &Path, config: String) -> Daemon {
+    spawn_env(dir, config, &[])
+}
+
+fn spawn_env(dir: &Path, config: String, env: &[(&str, &str)]) -> Daemon {
     let file = dir.join("dskd.toml");
     std::fs::write(&file, config).unwrap();
     Daemon(
         Command::new(env!("CARGO_BIN_EXE_dskd"))
             .args(["run", "--config"])
             .arg(&file)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
             .spawn()
             .unwrap(),
     )
@@ -341,24 +356,13 @@ fn watchdog_pings_follow_the_frame_loop() {
     std::fs::write(&frame, pgm).unwrap();
     // 15 frames, 0.2 s apart, then silence: the loop has nothing to do and must not ping.
     let cmd = format!("for i in $(seq 15); do cat {f}; sleep 0.2; done; sleep 60", f = frame.display());
-    let cfg = dir.path().join("dskd.toml");
     // Port 0: the daemon picks a free port and logs it (a port picked here could be taken by
     // another test's socket before the daemon binds it).
     let text =
         format!("camera = \"w\"\n[source]\nkind = \"pipe\"\ncommand = \"{cmd}\"\n[http]\nlisten = \"127.0.0.1:0\"\n");
-    std::fs::write(&cfg, text).unwrap();
+    let sock_env = sock_path.to_str().unwrap();
+    let d = spawn_env(dir.path(), text, &[("NOTIFY_SOCKET", sock_env), ("WATCHDOG_USEC", "400000")]);
     let stderr = dir.path().join("daemon.log");
-    let d = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_dskd"))
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env("NOTIFY_SOCKET", &sock_path)
-            .env("WATCHDOG_USEC", "400000")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap(),
-    );
     let mut log: Vec<(Instant, String)> = Vec::new();
     let start = Instant::now();
     let mut buf = [0u8; 512];
@@ -424,24 +428,9 @@ fn credentials_from_a_file_connect_and_are_never_logged() {
         }
     });
     let log = dir.path().join("daemon.log");
-    let extra =
-        "[detector]\nbundle = \"models/demo\"\n[source]\nkind = \"synthetic\"\nrate_hz = 8.0\ndefect_every = 2\n";
-    let cfg = format!("{}{extra}", base_config(dir.path(), port)).replace(
-        "results = true\n",
-        &format!("results = true\nusername = \"line3\"\npassword_file = \"{}\"\n", pw.display()),
-    );
-    let file = dir.path().join("dskd.toml");
-    std::fs::write(&file, cfg).unwrap();
-    let d = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_dskd"))
-            .args(["run", "--config"])
-            .arg(&file)
-            .env("RUST_LOG", "debug,rumqttd=off")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mqtt = format!("username = \"line3\"\npassword_file = \"{}\"\n", pw.display());
+    let cfg = format!("{}{SYNTHETIC_DEFECTS}", base_config_mqtt(dir.path(), port, &mqtt));
+    let d = spawn_env(dir.path(), cfg, &[("RUST_LOG", "debug,rumqttd=off")]);
     let end = Instant::now() + Duration::from_secs(60);
     let mut events = 0;
     while events < 1 && Instant::now() < end {
@@ -466,18 +455,8 @@ fn a_missing_camera_is_retried_with_backoff_and_the_daemon_stays_up() {
     let dir = tempfile::tempdir().unwrap();
     let extra = "[detector]\nbundle = \"models/demo\"\n[source]\nkind = \"camera\"\ndevice = \"/dev/video63\"\n\
                  reconnect_initial_ms = 100\nreconnect_max_ms = 400\n";
-    let file = dir.path().join("dskd.toml");
-    std::fs::write(&file, format!("{}{extra}", base_config(dir.path(), port))).unwrap();
+    let mut d = spawn(dir.path(), format!("{}{extra}", base_config(dir.path(), port)));
     let log = dir.path().join("daemon.log");
-    let mut d = Daemon(
-        Command::new(env!("CARGO_BIN_EXE_dskd"))
-            .args(["run", "--config"])
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
     let retries = |text: &str| -> Vec<u64> {
         text.lines()
             .filter(|l| l.contains("camera unavailable"))
@@ -572,36 +551,20 @@ fn tls_delivers_with_the_right_ca_and_refuses_a_wrong_one() {
     let tls_port = free_port();
     tls_front(tls_port, port, chain, key);
     let sub = subscribe(port);
-    let run = |ca: &Path, log: &Path| {
-        let extra =
-            "[detector]\nbundle = \"models/demo\"\n[source]\nkind = \"synthetic\"\nrate_hz = 8.0\ndefect_every = 2\n";
-        let cfg = format!("{}{extra}", base_config(dir.path(), tls_port)).replace(
-            "results = true\n",
-            &format!("results = true\nhost = \"127.0.0.1\"\ntls = true\nca_file = \"{}\"\n", ca.display()),
-        );
-        let file = dir.path().join("dskd.toml");
-        std::fs::write(&file, cfg).unwrap();
-        Daemon(
-            Command::new(env!("CARGO_BIN_EXE_dskd"))
-                .args(["run", "--config"])
-                .arg(&file)
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(log).unwrap())
-                .spawn()
-                .unwrap(),
-        )
+    let run = |ca: &Path| {
+        let mqtt = format!("host = \"127.0.0.1\"\ntls = true\nca_file = \"{}\"\n", ca.display());
+        spawn(dir.path(), format!("{}{SYNTHETIC_DEFECTS}", base_config_mqtt(dir.path(), tls_port, &mqtt)))
     };
-    let wrong_log = dir.path().join("wrong.log");
-    let mut d = run(&wrong_pem, &wrong_log);
+    let mut d = run(&wrong_pem);
     let got = sub.collect(Duration::from_secs(6), |_| false);
     assert!(d.0.try_wait().unwrap().is_none(), "the daemon exited over a TLS failure");
     kill(d);
-    let text = std::fs::read_to_string(&wrong_log).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert!(!got.iter().any(|(t, _)| t == "dskd/t/events"), "events through an untrusted broker: {got:?}");
     assert!(text.contains("WARN") && text.contains("mqtt connect failed") && text.contains("UnknownIssuer"), "{text}");
     assert!(!outbox_ids(&dir.path().join("outbox.sqlite")).is_empty(), "events were kept in the outbox");
 
-    let good = run(&ca_pem, &dir.path().join("good.log"));
+    let good = run(&ca_pem);
     let got = sub.collect(Duration::from_secs(60), |g| g.iter().any(|(t, _)| t == "dskd/t/events"));
     kill(good);
     let events: Vec<_> = got.iter().filter(|(t, _)| t == "dskd/t/events").collect();
@@ -617,17 +580,7 @@ fn daemon_with_images(dir: &Path, port: u16, frames: u64, max_per_minute: u32) -
          frames = {frames}\n[images]\ndir = \"{}\"\nmax_per_minute = {max_per_minute}\n",
         images.display()
     );
-    let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
-    let file = dir.join("dskd.toml");
-    std::fs::write(&file, format!("{}{extra}", base_config(dir, port))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_dskd"))
-        .args(["run", "--config"])
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    (Daemon(child), images)
+    (spawn(dir, format!("{}{extra}", base_config(dir, port))), images)
 }
 
 fn on<'a>(topic: &str, got: &'a [(String, serde_json::Value)]) -> Vec<&'a serde_json::Value> {
