@@ -220,9 +220,14 @@ mod driver {
             let failure = match open(cfg) {
                 Ok((mut cam, m, name)) => {
                     tracing::info!(device = %cfg.device, camera = %name, mode = %m, "camera streaming");
-                    backoff.reset();
+                    let before = seq;
                     let r = stream(&mut cam, m, cfg, queue, shutdown, &mut seq);
                     let _ = cam.stop_stream();
+                    // Only frames count as recovery: a device that opens and then fails every
+                    // read must not be reopened at the initial rate forever.
+                    if seq > before {
+                        backoff.reset();
+                    }
                     match r {
                         Ok(()) => return Ok(()),
                         Err(e) => e,
