@@ -36,11 +36,13 @@ pub struct ImagesConfig {
     pub max_bytes: u64,
     /// JPEG quality, 1-100.
     pub quality: u8,
+    /// Also publish each stored image on `<prefix>/events/<id>/image` (binary JPEG, QoS 0).
+    pub mqtt: bool,
 }
 
 impl Default for ImagesConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::new(), max_per_minute: 12, max_bytes: 512 << 20, quality: 85 }
+        Self { dir: PathBuf::new(), max_per_minute: 12, max_bytes: 512 << 20, quality: 85, mqtt: false }
     }
 }
 
@@ -206,6 +208,9 @@ pub struct MqttConfig {
     pub password: Secret,
     /// A file whose first line is the password (e.g. a systemd credential).
     pub password_file: PathBuf,
+    /// Largest packet sent; larger payloads (an oversized image) are dropped with a warning
+    /// instead of being sent (a broker closes the connection on a packet over its limit).
+    pub max_packet_bytes: usize,
     /// Connect over TLS (port 8883 by convention).
     pub tls: bool,
     /// PEM file of the CA(s) to trust (empty = the system's store).
@@ -243,6 +248,7 @@ impl Default for MqttConfig {
             username: String::new(),
             password: Secret::default(),
             password_file: PathBuf::new(),
+            max_packet_bytes: 1 << 20,
             tls: false,
             ca_file: PathBuf::new(),
             client_cert_file: PathBuf::new(),
@@ -339,6 +345,9 @@ impl Config {
         }
         if self.mqtt.client_cert_file.as_os_str().is_empty() != self.mqtt.client_key_file.as_os_str().is_empty() {
             return Err("mqtt.client_cert_file and mqtt.client_key_file go together".into());
+        }
+        if self.images.mqtt && (self.images.dir.as_os_str().is_empty() || !self.mqtt.enabled) {
+            return Err("images.mqtt needs images.dir (the images it publishes) and mqtt.enabled".into());
         }
         if self.trigger.mode == TriggerMode::External && !self.mqtt.enabled {
             return Err("trigger.mode = \"external\" needs mqtt.enabled = true".into());

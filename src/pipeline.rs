@@ -19,7 +19,7 @@ use crate::detector::{Detector, Inspection, Precision, verdict};
 use crate::metrics::Metrics;
 use crate::queue::DropOldest;
 use crate::service;
-use crate::sink::image_store::ImageStore;
+use crate::sink::image_store::{ImageStore, Saved};
 use crate::sink::outbox::Outbox;
 use crate::sink::{self, Command, Latency, Message, ModelRef, Report};
 use crate::source::{self, Frame};
@@ -87,14 +87,14 @@ fn open_images(cfg: &Config) -> Result<Images> {
 }
 
 /// Renders and stores the overlay of a defective frame when the store is on and its rate
-/// limit allows; the path, or None. A failed write costs the image, never the event.
+/// limit allows. A failed write costs the image, never the event.
 async fn store_overlay(
     images: &Images,
     id: &str,
     frame: &Frame,
     insp: &Inspection,
     metrics: &Metrics,
-) -> Option<String> {
+) -> Option<Saved> {
     let store = images.as_ref()?.clone();
     if !store.lock().expect("image store lock").admit(Instant::now()) {
         metrics.images_skipped.inc();
@@ -107,9 +107,9 @@ async fn store_overlay(
     })
     .await;
     match saved {
-        Ok(Ok(path)) => {
+        Ok(Ok(saved)) => {
             metrics.images_written.inc();
-            Some(path.display().to_string())
+            Some(saved)
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "overlay image not stored; the event goes out without it");
@@ -184,6 +184,7 @@ fn start_mqtt(
         backoff_max: Duration::from_millis(cfg.mqtt.backoff_max_ms.max(1)),
         status: serde_json::json!({"camera": cfg.camera, "model": model.name, "version": model.version, "sha256": model.sha256}),
         credentials: cfg.mqtt_password()?.map(|p| (cfg.mqtt.username.clone(), p)),
+        max_packet_bytes: cfg.mqtt.max_packet_bytes,
         tls: tls_config(cfg)?,
         metrics: metrics.clone(),
     };
@@ -371,16 +372,19 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
         metrics.frames_dropped.set(queue.dropped() as i64);
         metrics.queue_depth.set(queue.len() as i64);
         let mut r = report(&cfg, &frame, &insp, &serving.model, request_id);
-        if r.is_defect() {
-            r.image = store_overlay(&images, &r.id, &frame, &insp, &metrics).await;
-        }
+        let saved = if r.is_defect() { store_overlay(&images, &r.id, &frame, &insp, &metrics).await } else { None };
+        r.image = saved.as_ref().map(|s| s.path.display().to_string());
         window.frames += 1;
         window.latencies.push(r.latency_ms.frame_to_verdict);
         if cfg.stdout.enabled {
             println!("{}", serde_json::to_string(&r)?);
         }
         if let Some((tx, _)) = &mqtt {
+            let id = r.id.clone();
             let _ = tx.send(Message::Report(Box::new(r))).await;
+            if let Some(saved) = saved.filter(|_| cfg.images.mqtt) {
+                let _ = tx.send(Message::Image { id, jpeg: saved.jpeg }).await;
+            }
         }
         notifier.frame_done(|| format!("{inspected} frames inspected, {defects} defects, {} dropped", queue.dropped()));
     }

@@ -81,6 +81,8 @@ fn subscribe(port: u16) -> Subscriber {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut opts = MqttOptions::new(format!("test-{}-{n}", std::process::id()), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(5));
+    // Room for overlay images (rumqttc's default limit is 10 KiB).
+    opts.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut conn) = Client::new(opts, 64);
     client.subscribe("dskd/t/#", QoS::AtLeastOnce).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -92,7 +94,8 @@ fn subscribe(port: u16) -> Subscriber {
                     let _ = ready_tx.send(());
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let v = serde_json::from_slice(&p.payload).unwrap_or(serde_json::Value::Null);
+                    // Binary payloads (overlay JPEGs) arrive as an array of bytes.
+                    let v = serde_json::from_slice(&p.payload).unwrap_or_else(|_| p.payload.to_vec().into());
                     if tx.send((p.topic.clone(), v)).is_err() {
                         return;
                     }
@@ -580,7 +583,7 @@ fn daemon_with_images(dir: &Path, port: u16, frames: u64, max_per_minute: u32) -
     let images = dir.join("images");
     let extra = format!(
         "[detector]\nbundle = \"models/demo\"\n[source]\nkind = \"synthetic\"\nrate_hz = 4.0\ndefect_every = 1\n\
-         frames = {frames}\n[images]\ndir = \"{}\"\nmax_per_minute = {max_per_minute}\n",
+         frames = {frames}\n[images]\ndir = \"{}\"\nmax_per_minute = {max_per_minute}\nmqtt = true\n",
         images.display()
     );
     (spawn(dir, format!("{}{extra}", base_config(dir, port))), images)
@@ -602,7 +605,8 @@ fn all_reported(frames: usize, got: &[(String, serde_json::Value)]) -> bool {
 }
 
 /// Overlays of defective frames land in the image store, named by event id, with the path in
-/// the event; the rate limit lets through at most `max_per_minute`, the rest go out without.
+/// the event, and the same bytes on `events/<id>/image`; the rate limit lets through at most
+/// `max_per_minute`, the rest go out without.
 #[test]
 fn defect_overlays_are_stored_rate_limited_with_the_path_in_the_event() {
     let port = start_broker();
@@ -626,7 +630,12 @@ fn defect_overlays_are_stored_rate_limited_with_the_path_in_the_event() {
         assert_eq!(p.file_name().unwrap().to_str().unwrap(), format!("{}.jpg", e["id"].as_str().unwrap()));
         let img = image::open(p).unwrap_or_else(|err| panic!("{path}: {err}"));
         assert_eq!((img.width(), img.height()), (256, 256));
+        let topic = format!("dskd/t/events/{}/image", e["id"].as_str().unwrap());
+        let published = got.iter().find(|(t, _)| *t == topic).unwrap_or_else(|| panic!("no {topic}"));
+        let bytes: Vec<u8> = published.1.as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8).collect();
+        assert_eq!(bytes, std::fs::read(p).unwrap(), "{topic} carries the stored file");
     }
+    assert_eq!(got.iter().filter(|(t, _)| t.ends_with("/image")).count(), 3);
     assert_eq!(std::fs::read_dir(&images).unwrap().count(), 3);
 }
 
@@ -651,4 +660,28 @@ fn a_failing_image_store_loses_no_events() {
     assert!(!ev.is_empty() && ev.last().unwrap()["image"].is_null(), "{rest:?}");
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert!(log.contains("overlay image not stored") && log.contains("No such file"), "{log}");
+}
+
+/// An image over the packet limit is dropped with a warning; the connection stays up, so no
+/// event is sent twice (rumqttc would otherwise drop the connection and replay everything).
+#[test]
+fn an_image_over_the_packet_limit_costs_the_image_not_the_connection() {
+    let port = start_broker();
+    let sub = subscribe(port);
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    let extra = format!(
+        "[detector]\nbundle = \"models/demo\"\n[source]\nkind = \"synthetic\"\nrate_hz = 4.0\ndefect_every = 1\n\
+         frames = 4\n[images]\ndir = \"{}\"\nmqtt = true\n",
+        images.display()
+    );
+    let d = spawn(dir.path(), format!("{}{extra}", base_config_mqtt(dir.path(), port, "max_packet_bytes = 4096\n")));
+    let got = sub.collect(Duration::from_secs(60), |g| all_reported(4, g));
+    kill(d);
+    let ids: Vec<&str> = events(&got).iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let unique: std::collections::HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), unique.len(), "an event came twice: {ids:?}");
+    assert!(!got.iter().any(|(t, _)| t.ends_with("/image")), "an oversized image was sent");
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    assert!(log.contains("mqtt message too large") && !log.contains("connection lost"), "{log}");
 }

@@ -26,6 +26,13 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ImageStoreError + '_ 
     move |source| ImageStoreError::Io { path: path.to_path_buf(), source }
 }
 
+/// One stored image: where it is, and its bytes (for `<prefix>/events/<id>/image`).
+#[derive(Debug)]
+pub struct Saved {
+    pub path: PathBuf,
+    pub jpeg: Vec<u8>,
+}
+
 pub struct ImageStore {
     dir: PathBuf,
     max_bytes: u64,
@@ -79,7 +86,7 @@ impl ImageStore {
 
     /// Writes `img` as `<id>.jpg` (whole or not at all: temporary file, then rename) and
     /// deletes the oldest images beyond the disk budget.
-    pub fn save(&mut self, id: &str, img: &RgbImage) -> Result<PathBuf, ImageStoreError> {
+    pub fn save(&mut self, id: &str, img: &RgbImage) -> Result<Saved, ImageStoreError> {
         let mut jpeg = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, self.quality)
             .encode_image(img)
@@ -96,7 +103,7 @@ impl ImageStore {
         self.files.push_back((path.clone(), jpeg.len() as u64));
         self.total_bytes += jpeg.len() as u64;
         self.prune();
-        Ok(path)
+        Ok(Saved { path, jpeg })
     }
 
     /// Bytes the stored images take.
@@ -152,8 +159,9 @@ mod tests {
         let budget = size * 3 + size / 2;
         let mut s = ImageStore::open(dir.path(), budget, 100, 85).unwrap();
         for i in 1..6 {
-            let p = s.save(&format!("{i:02}"), &noise(i)).unwrap();
-            assert!(image::open(&p).is_ok(), "{} decodes", p.display());
+            let saved = s.save(&format!("{i:02}"), &noise(i)).unwrap();
+            assert_eq!(std::fs::read(&saved.path).unwrap(), saved.jpeg);
+            assert!(image::open(&saved.path).is_ok(), "{} decodes", saved.path.display());
             assert!(s.total_bytes() <= budget);
         }
         let mut left: Vec<String> =

@@ -83,6 +83,11 @@ pub enum Message {
     Report(Box<Report>),
     /// Pipeline counters for `<prefix>/telemetry`; the sink adds its outbox figures.
     Telemetry(serde_json::Value),
+    /// The overlay JPEG of event `id`, for `<prefix>/events/<id>/image` (`images.mqtt`).
+    Image {
+        id: String,
+        jpeg: Vec<u8>,
+    },
     /// The answer to a command the pipeline carried out (reload).
     Reply {
         request_id: String,

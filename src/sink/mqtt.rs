@@ -43,6 +43,8 @@ pub struct Settings {
     pub status: serde_json::Value,
     /// User name and password, if the broker wants them (never logged).
     pub credentials: Option<(String, String)>,
+    /// Largest packet to send (see `mqtt.max_packet_bytes`).
+    pub max_packet_bytes: usize,
     /// TLS client configuration, when the broker is reached over TLS.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
@@ -72,6 +74,14 @@ fn status(s: &Settings, state: &str) -> Vec<u8> {
 
 impl Sink {
     fn publish(&mut self, topic: String, qos: QoS, retain: bool, payload: Vec<u8>, event: Option<String>) {
+        // rumqttc treats an oversized packet as a connection error: every message in flight
+        // would be resent after the reconnect. Refuse it here instead (fixed header, topic
+        // length and packet id make up the rest of the packet).
+        let size = payload.len() + topic.len() + 16;
+        if size > self.s.max_packet_bytes {
+            tracing::warn!(%topic, size, max = self.s.max_packet_bytes, "mqtt message too large, not sent");
+            return;
+        }
         match self.client.try_publish(topic, qos, retain, payload) {
             Ok(()) => self.issued.push_back(event),
             // The event stays in the outbox and goes out on the next replay.
@@ -179,6 +189,8 @@ pub fn parse_command(name: &str, payload: &[u8]) -> Result<Command, (Option<Stri
 pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Message>, commands: mpsc::Sender<Command>) {
     let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
     opts.set_keep_alive(s.keep_alive);
+    // Incoming: commands only, small. Outgoing: room for overlay images.
+    opts.set_max_packet_size(64 << 10, s.max_packet_bytes);
     opts.set_clean_session(true);
     if let Some((user, password)) = &s.credentials {
         opts.set_credentials(user.clone(), password.clone());
@@ -217,6 +229,14 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
                     if sink.connected {
                         let topic = format!("{}/telemetry", sink.s.prefix);
                         sink.publish(topic, QoS::AtMostOnce, false, t.to_string().into_bytes(), None);
+                    }
+                }
+                Some(Message::Image { id, jpeg }) => {
+                    // Best effort (QoS 0, not in the outbox): the event, which names the image
+                    // file, is what must not be lost.
+                    if sink.connected {
+                        let topic = format!("{}/events/{id}/image", sink.s.prefix);
+                        sink.publish(topic, QoS::AtMostOnce, false, jpeg, None);
                     }
                 }
                 Some(Message::Reply { request_id, command, error }) => {
