@@ -49,6 +49,8 @@ impl ImageStore {
     /// Opens (creates) `dir` and takes stock of the images already there, pruning to the budget.
     pub fn open(dir: &Path, max_bytes: u64, max_per_minute: usize, quality: u8) -> Result<Self, ImageStoreError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        // Events carry the path: make it absolute, so it means the same to any reader.
+        let dir = &std::fs::canonicalize(dir).map_err(io_error(dir))?;
         let mut found = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
             let entry = entry.map_err(io_error(dir))?;
