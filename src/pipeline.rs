@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use tokio::sync::{mpsc, watch};
 
 use crate::bundle::{self, Bundle};
@@ -30,17 +30,7 @@ pub fn load_detector(cfg: &Config) -> Result<(Arc<Detector>, ModelRef)> {
     let b = Bundle::open(dir).with_context(|| format!("opening bundle {}", dir.display()))?;
     let precision = if cfg.detector.int8 { Precision::Int8 } else { Precision::F32 };
     let det = Detector::load(&b, precision)?;
-    for c in crate::verify::check_golden(&b, &det)? {
-        if !c.ok {
-            bail!(
-                "{}: golden parity failed on {} (error {:.2e} > {:.1e})",
-                dir.display(),
-                c.image,
-                c.map_error,
-                c.tolerance
-            );
-        }
-    }
+    crate::verify::require_golden(&b, &det).with_context(|| format!("{}: golden parity", dir.display()))?;
     let model = ModelRef {
         name: b.manifest.bundle.name.clone(),
         version: b.manifest.bundle.version.clone(),

@@ -69,6 +69,20 @@ pub fn check_golden(bundle: &Bundle, detector: &Detector) -> Result<Vec<GoldenCh
     Ok(out)
 }
 
+/// [`check_golden`], with the first sample out of tolerance as the error.
+pub fn require_golden(bundle: &Bundle, detector: &Detector) -> Result<Vec<GoldenCheck>, VerifyError> {
+    let checks = check_golden(bundle, detector)?;
+    match checks.iter().find(|c| !c.ok) {
+        Some(c) => Err(VerifyError::Parity {
+            image: c.image.clone(),
+            precision: c.precision,
+            error: c.map_error,
+            tolerance: c.tolerance,
+        }),
+        None => Ok(checks),
+    }
+}
+
 /// Opens (hashes), loads every graph and checks golden parity; the first failure is the error.
 pub fn verify(dir: &Path) -> Result<Vec<GoldenCheck>, VerifyError> {
     let bundle = Bundle::open(dir).map_err(DetectorError::from)?;
@@ -76,18 +90,7 @@ pub fn verify(dir: &Path) -> Result<Vec<GoldenCheck>, VerifyError> {
     let precisions: &[Precision] =
         if bundle.manifest.graphs.int8.is_some() { &[Precision::F32, Precision::Int8] } else { &[Precision::F32] };
     for &p in precisions {
-        let detector = Detector::load(&bundle, p)?;
-        for c in check_golden(&bundle, &detector)? {
-            if !c.ok {
-                return Err(VerifyError::Parity {
-                    image: c.image,
-                    precision: p,
-                    error: c.map_error,
-                    tolerance: c.tolerance,
-                });
-            }
-            checks.push(c);
-        }
+        checks.extend(require_golden(&bundle, &Detector::load(&bundle, p)?)?);
     }
     Ok(checks)
 }
