@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::bundle::{self, Bundle};
 use crate::config::{Config, TriggerMode};
-use crate::detector::{Detector, Inspection, Precision, verdict};
+use crate::detector::{Detector, Inspection, Precision};
 use crate::metrics::Metrics;
 use crate::queue::DropOldest;
 use crate::service;
@@ -342,18 +342,14 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
         let Some(request_id) = trigger.take() else { continue };
         let det = serving.detector.clone();
         let img = frame.image.clone();
-        let mut insp = match tokio::task::spawn_blocking(move || det.inspect(&img)).await? {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::error!(frame = frame.seq, origin = %frame.origin, error = %e, "inspection failed");
-                continue;
-            }
-        };
-        if let Some(t) = threshold_override {
-            let (_, pixel) = serving.detector.thresholds();
-            let (w, h) = (frame.image.width(), frame.image.height());
-            insp.verdict = verdict::decide(&insp.map, insp.verdict.score, t, pixel, w, h);
-        }
+        let insp =
+            match tokio::task::spawn_blocking(move || det.inspect_with_threshold(&img, threshold_override)).await? {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::error!(frame = frame.seq, origin = %frame.origin, error = %e, "inspection failed");
+                    continue;
+                }
+            };
         inspected += 1;
         defects += insp.verdict.defect as u64;
         metrics.frames_inspected.inc();

@@ -225,6 +225,20 @@ fn trigger_yields_one_result_and_bad_commands_get_error_replies() {
         "{replies:?}"
     );
     assert!(replies.iter().any(|v| v["request_id"] == "x" && v["error"].as_str().unwrap().contains("unknown command")));
+    // A new image threshold is confirmed, then judges the next inspection.
+    sub.client
+        .publish("dskd/t/cmd/threshold", QoS::AtLeastOnce, false, br#"{"request_id":"t1","threshold":1000}"#.to_vec())
+        .unwrap();
+    let got = sub
+        .collect(Duration::from_secs(8), |g| g.iter().any(|(t, v)| t == "dskd/t/cmd/reply" && v["request_id"] == "t1"));
+    assert!(got.iter().any(|(t, v)| t == "dskd/t/cmd/reply" && v["ok"] == true), "{got:?}");
+    sub.client.publish("dskd/t/cmd/trigger", QoS::AtLeastOnce, false, br#"{"request_id":"r2"}"#.to_vec()).unwrap();
+    let got = sub.collect(Duration::from_secs(8), |g| g.iter().any(|(t, _)| t == "dskd/t/results"));
+    let r2 = &got.iter().find(|(t, _)| t == "dskd/t/results").expect("r2 result").1;
+    assert_eq!(
+        (r2["request_id"].as_str(), r2["threshold"].as_f64(), r2["verdict"].as_str()),
+        (Some("r2"), Some(1000.0), Some("ok"))
+    );
     kill(d);
 }
 

@@ -230,12 +230,23 @@ impl Detector {
 
     /// Preprocess, networks, map and verdict for one decoded image.
     pub fn inspect(&self, img: &DynamicImage) -> Result<Inspection, DetectorError> {
+        self.inspect_with_threshold(img, None)
+    }
+
+    /// [`Self::inspect`], judged against `threshold` instead of the calibrated image threshold
+    /// when given (the daemon's `cmd/threshold`).
+    pub fn inspect_with_threshold(
+        &self,
+        img: &DynamicImage,
+        threshold: Option<f32>,
+    ) -> Result<Inspection, DetectorError> {
         let start = Instant::now();
         let mut timings = Timings::default();
         let input = preprocess::to_tensor(img, &self.manifest.input);
         timings.preprocess_ms = ms(start);
         let (map, score) = self.map(&input, &mut timings)?;
-        let (threshold, pixel_threshold) = self.thresholds();
+        let (calibrated, pixel_threshold) = self.thresholds();
+        let threshold = threshold.unwrap_or(calibrated);
         let verdict = verdict::decide(&map, score, threshold, pixel_threshold, img.width(), img.height());
         timings.total_ms = ms(start);
         Ok(Inspection { map, verdict, timings })
