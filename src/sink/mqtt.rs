@@ -74,6 +74,11 @@ fn status(s: &Settings, state: &str) -> Vec<u8> {
 
 impl Sink {
     fn publish(&mut self, topic: String, qos: QoS, retain: bool, payload: Vec<u8>, event: Option<String>) {
+        // Nothing is queued while disconnected: rumqttc would send it after the reconnect,
+        // next to the outbox replay (events) or long out of date (telemetry, replies).
+        if !self.connected {
+            return;
+        }
         // rumqttc treats an oversized packet as a connection error: every message in flight
         // would be resent after the reconnect. Refuse it here instead (fixed header, topic
         // length and packet id make up the rest of the packet).
@@ -99,11 +104,9 @@ impl Sink {
             if let Err(e) = self.outbox.insert(&p) {
                 tracing::error!(error = %e, id = %r.id, "event not stored in the outbox; publishing it anyway");
             }
-            if self.connected {
-                self.publish(p.topic, QoS::AtLeastOnce, false, p.payload, Some(p.id));
-            }
+            self.publish(p.topic, QoS::AtLeastOnce, false, p.payload, Some(p.id));
         }
-        if self.s.results && self.connected {
+        if self.s.results {
             self.publish(format!("{}/results", self.s.prefix), QoS::AtMostOnce, false, payload, None);
         }
     }
@@ -226,24 +229,16 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
                     t["outbox_pending"] = json!(sink.outbox.len().unwrap_or(0));
                     t["outbox_dropped"] = json!(sink.outbox.dropped());
                     t["mqtt_connected"] = json!(sink.connected);
-                    if sink.connected {
-                        let topic = format!("{}/telemetry", sink.s.prefix);
-                        sink.publish(topic, QoS::AtMostOnce, false, t.to_string().into_bytes(), None);
-                    }
+                    let topic = format!("{}/telemetry", sink.s.prefix);
+                    sink.publish(topic, QoS::AtMostOnce, false, t.to_string().into_bytes(), None);
                 }
                 Some(Message::Image { id, jpeg }) => {
                     // Best effort (QoS 0, not in the outbox): the event, which names the image
                     // file, is what must not be lost.
-                    if sink.connected {
-                        let topic = format!("{}/events/{id}/image", sink.s.prefix);
-                        sink.publish(topic, QoS::AtMostOnce, false, jpeg, None);
-                    }
+                    let topic = format!("{}/events/{id}/image", sink.s.prefix);
+                    sink.publish(topic, QoS::AtMostOnce, false, jpeg, None);
                 }
-                Some(Message::Reply { request_id, command, error }) => {
-                    if sink.connected {
-                        sink.reply(Some(request_id), &command, error);
-                    }
-                }
+                Some(Message::Reply { request_id, command, error }) => sink.reply(Some(request_id), &command, error),
                 None => break,
             },
             ev = eventloop.poll(), if retry_at.is_none() => match ev {
