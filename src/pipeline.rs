@@ -206,15 +206,15 @@ struct Window {
 
 impl Window {
     /// The telemetry JSON for this window, then starts a new one.
-    fn take(&mut self, cfg: &Config, inspected: u64, defects: u64, queue: &DropOldest<Frame>) -> serde_json::Value {
+    fn take(&mut self, cfg: &Config, metrics: &Metrics, queue: &DropOldest<Frame>) -> serde_json::Value {
         let secs = self.since.map_or(0.0, |t| t.elapsed().as_secs_f64());
         let p = sink::p50_p99(std::mem::take(&mut self.latencies));
         let v = serde_json::json!({
             "timestamp": sink::now_rfc3339(),
             "camera": cfg.camera,
             "fps": if secs > 0.0 { self.frames as f64 / secs } else { 0.0 },
-            "inspected": inspected,
-            "defects": defects,
+            "inspected": metrics.frames_inspected.get(),
+            "defects": metrics.defects.get(),
             "dropped_frames": queue.dropped(),
             "queue_depth": queue.len(),
             "latency_ms": {"p50": p.map(|p| p.0), "p99": p.map(|p| p.1)},
@@ -304,7 +304,6 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
         pending: VecDeque::new(),
     };
     let mut threshold_override: Option<f32> = None;
-    let (mut inspected, mut defects) = (0u64, 0u64);
     let started = Instant::now();
     let mut window = Window { since: Some(started), ..Default::default() };
     let every = Duration::from_secs(cfg.mqtt.telemetry_interval_s.max(1));
@@ -313,7 +312,7 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
         let frame = tokio::select! {
             f = queue.pop() => match f { Some(f) => f, None => break },
             _ = telemetry.tick(), if mqtt.is_some() && cfg.mqtt.telemetry_interval_s > 0 => {
-                let t = window.take(&cfg, inspected, defects, &queue);
+                let t = window.take(&cfg, &metrics, &queue);
                 if let Some((tx, _)) = &mqtt {
                     let _ = tx.send(Message::Telemetry(t)).await;
                 }
@@ -350,8 +349,6 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
                     continue;
                 }
             };
-        inspected += 1;
-        defects += insp.verdict.defect as u64;
         metrics.frames_inspected.inc();
         metrics.defects.inc_by(insp.verdict.defect as u64);
         metrics.inference_seconds.observe(insp.timings.total_ms / 1e3);
@@ -372,9 +369,13 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
                 let _ = tx.send(Message::Image { id, jpeg: saved.jpeg }).await;
             }
         }
-        notifier.frame_done(|| format!("{inspected} frames inspected, {defects} defects, {} dropped", queue.dropped()));
+        notifier.frame_done(|| {
+            let (inspected, defects) = (metrics.frames_inspected.get(), metrics.defects.get());
+            format!("{inspected} frames inspected, {defects} defects, {} dropped", queue.dropped())
+        });
     }
     notifier.notify("STOPPING=1");
+    let (inspected, defects) = (metrics.frames_inspected.get(), metrics.defects.get());
     let fps = inspected as f64 / started.elapsed().as_secs_f64();
     tracing::info!(inspected, defects, dropped = queue.dropped(), fps, "frame loop finished");
     if let Some((tx, task)) = mqtt {
