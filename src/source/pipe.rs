@@ -56,6 +56,16 @@ fn pnm_len(buf: &[u8]) -> Option<usize> {
     Some(i + 1 + fields[0] * fields[1] * channels * depth)
 }
 
+/// JPEG frames go through the camera source's MJPEG decoder, which also takes frames without
+/// Huffman tables (an MJPEG camera's stream passed on by `ffmpeg -c:v copy`); PNM through `image`.
+fn decode(bytes: &[u8]) -> Result<image::DynamicImage, String> {
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        super::pixels::decode_mjpeg(bytes).map_err(|e| e.to_string())
+    } else {
+        image::load_from_memory(bytes).map_err(|e| e.to_string())
+    }
+}
+
 pub async fn run(
     cfg: &SourceConfig,
     queue: &DropOldest<Frame>,
@@ -93,7 +103,10 @@ pub async fn run(
                 break;
             }
             let bytes: Vec<u8> = buf.drain(..start + len).skip(start).collect();
-            match image::load_from_memory(&bytes) {
+            let decoded = tokio::task::spawn_blocking(move || decode(&bytes))
+                .await
+                .map_err(|e| SourceError::Data(format!("{}: decoding frame {seq}: {e}", cfg.command)))?;
+            match decoded {
                 Ok(img) => {
                     if !queue.push(Frame::new(seq, img, format!("pipe:{seq}"))) {
                         return Ok(());
@@ -120,5 +133,16 @@ mod tests {
         assert_eq!(frame_len(&jpeg), Some(6));
         assert_eq!(frame_len(&jpeg[..5]), None);
         assert_eq!(frame_start(b"xxP6"), Some(2));
+    }
+
+    #[test]
+    fn jpeg_without_huffman_tables_and_pnm_decode() {
+        use crate::source::pixels::tests::{jpeg, strip_huffman_tables};
+        let img = image::RgbImage::from_fn(16, 8, |x, y| image::Rgb([(x * 16) as u8, (y * 32) as u8, 7]));
+        let bare = strip_huffman_tables(&jpeg(&img));
+        assert_eq!(decode(&bare).unwrap().to_rgb8().dimensions(), (16, 8));
+        let mut pgm = b"P5\n4 2\n255\n".to_vec();
+        pgm.extend([7u8; 8]);
+        assert_eq!(decode(&pgm).unwrap().to_luma8().as_raw(), &[7u8; 8]);
     }
 }

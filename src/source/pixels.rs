@@ -129,7 +129,7 @@ fn packed_rgb(format: PixelFormat, width: u32, height: u32, bytes: &[u8]) -> Res
 /// Decodes one MJPEG frame. UVC cameras often leave out the Huffman tables (no DHT segment)
 /// and rely on the standard ones of JPEG Annex K, which the decoder does not assume: those
 /// frames get the standard tables put in front of their scan.
-fn decode_mjpeg(bytes: &[u8]) -> Result<DynamicImage, PixelError> {
+pub fn decode_mjpeg(bytes: &[u8]) -> Result<DynamicImage, PixelError> {
     let with_tables;
     let bytes = match scan_start_without_tables(bytes) {
         Some(sos) => {
@@ -199,11 +199,11 @@ fn standard_dht_segment() -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use image::ImageEncoder;
 
-    fn jpeg(img: &RgbImage) -> Vec<u8> {
+    pub(crate) fn jpeg(img: &RgbImage) -> Vec<u8> {
         let mut buf = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 90)
             .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
@@ -212,7 +212,7 @@ mod tests {
     }
 
     /// Removes every DHT (0xFFC4) segment, as many UVC cameras send MJPEG.
-    fn strip_huffman_tables(jpeg: &[u8]) -> Vec<u8> {
+    pub(crate) fn strip_huffman_tables(jpeg: &[u8]) -> Vec<u8> {
         let mut out = jpeg[..2].to_vec();
         let mut i = 2;
         while i + 4 <= jpeg.len() && jpeg[i] == 0xFF && jpeg[i + 1] != 0xDA {
