@@ -302,6 +302,11 @@ impl Default for Config {
     }
 }
 
+/// A path setting, or None when left empty (the config's way of saying "off" / "not given").
+pub fn given(p: &Path) -> Option<&Path> {
+    (!p.as_os_str().is_empty()).then_some(p)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {message}")]
@@ -360,10 +365,8 @@ impl Config {
         if !self.mqtt.password.0.is_empty() {
             return Ok(Some(self.mqtt.password.0.clone()));
         }
-        if self.mqtt.password_file.as_os_str().is_empty() {
-            return Ok(None);
-        }
-        let text = std::fs::read_to_string(&self.mqtt.password_file).map_err(|e| ConfigError::Invalid {
+        let Some(file) = given(&self.mqtt.password_file) else { return Ok(None) };
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Invalid {
             path: self.mqtt.password_file.clone(),
             message: format!("mqtt.password_file: {e}"),
         })?;

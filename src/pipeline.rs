@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use tokio::sync::{mpsc, watch};
 
 use crate::bundle::{self, Bundle};
-use crate::config::{Config, TriggerMode};
+use crate::config::{Config, TriggerMode, given};
 use crate::detector::{Detector, Inspection, Precision};
 use crate::metrics::Metrics;
 use crate::queue::DropOldest;
@@ -68,11 +68,9 @@ type Images = Option<Arc<std::sync::Mutex<ImageStore>>>;
 
 fn open_images(cfg: &Config) -> Result<Images> {
     let c = &cfg.images;
-    if c.dir.as_os_str().is_empty() {
-        return Ok(None);
-    }
-    let store = ImageStore::open(&c.dir, c.max_bytes, c.max_per_minute, c.quality)
-        .with_context(|| format!("images.dir {}", c.dir.display()))?;
+    let Some(dir) = given(&c.dir) else { return Ok(None) };
+    let store = ImageStore::open(dir, c.max_bytes, c.max_per_minute, c.quality)
+        .with_context(|| format!("images.dir {}", dir.display()))?;
     Ok(Some(Arc::new(std::sync::Mutex::new(store))))
 }
 
@@ -188,11 +186,9 @@ fn tls_config(cfg: &Config) -> Result<Option<Arc<rustls::ClientConfig>>> {
     if !cfg.mqtt.tls {
         return Ok(None);
     }
-    let path = |p: &std::path::Path| (!p.as_os_str().is_empty()).then(|| p.to_path_buf());
-    let ca = path(&cfg.mqtt.ca_file);
-    let client = path(&cfg.mqtt.client_cert_file).zip(path(&cfg.mqtt.client_key_file));
-    let tls = sink::tls::client_config(ca.as_deref(), client.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))
-        .context("mqtt TLS")?;
+    let m = &cfg.mqtt;
+    let client = given(&m.client_cert_file).zip(given(&m.client_key_file));
+    let tls = sink::tls::client_config(given(&m.ca_file), client).context("mqtt TLS")?;
     Ok(Some(tls))
 }
 
