@@ -15,6 +15,8 @@
 //! - [`preprocess`]: the single definition of resize + normalisation (trainer and daemon).
 //! - [`bundle`]: the model bundle on disk: manifest, hashes, golden samples.
 //! - [`detector`]: the only module that runs tract; anomaly maps and verdicts.
+//! - [`dataset`]: split files, and resized copies of them (`dskd resize`).
+//! - [`eval`]: `dskd eval`: image/pixel AUROC, AUPRO, F1-max, threshold rates, plots.
 //! - [`synth`]: deterministic procedural images of one surface, with defects and masks.
 //! - [`overlay`]: heatmap overlays people can read.
 //! - `train` (feature `train`): the trainer behind `dskd-train`.
@@ -22,7 +24,9 @@
 pub mod backoff;
 pub mod bundle;
 pub mod config;
+pub mod dataset;
 pub mod detector;
+pub mod eval;
 pub mod metrics;
 pub mod overlay;
 pub mod pipeline;

@@ -79,6 +79,42 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         test_defect: u64,
     },
+    /// Measure detection quality on a labelled test set (MVTec-style folder or split file):
+    /// image/pixel AUROC, AUPRO, F1-max, the calibrated threshold's false-alarm and miss
+    /// rates, region fit; a table, report.json and PNG plots.
+    Eval {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// MVTec-style folder (test/<type>, ground_truth/<type>) or split file (role<TAB>path).
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Run the int8 graphs.
+        #[arg(long)]
+        int8: bool,
+        /// Folder for report.json, scores.csv and the plots [default: none, table only].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Copy the images of a split file resized to the training size (same resize as the
+    /// detector), with a new split.tsv: a training set small enough to carry to a GPU machine.
+    Resize {
+        #[arg(long)]
+        split: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Square size in pixels.
+        #[arg(long, default_value_t = 256)]
+        size: u32,
+        /// Roles to copy, comma-separated.
+        #[arg(long, default_value = "train,val", value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Write JPEG of this quality instead of lossless PNG.
+        #[arg(long)]
+        jpeg_quality: Option<u8>,
+    },
 }
 
 fn verify(dir: &Path) -> Result<ExitCode> {
@@ -297,6 +333,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cameras => cameras(),
+        Command::Eval { bundle, dataset, int8, out, quiet } => {
+            let precision = if int8 { Precision::Int8 } else { Precision::F32 };
+            let opts = dskd::eval::EvalOptions { bundle, dataset, precision, progress: !quiet };
+            let report = dskd::eval::evaluate(&opts)?;
+            print!("{}", dskd::eval::table(&report));
+            println!(
+                "{} images in {:.1} s ({:.1} ms each); threshold {:.4} (calibrated for {:.1}% false alarms)",
+                report.images.len(),
+                report.wall_s,
+                report.ms_per_image,
+                report.threshold,
+                100.0 * report.target_false_alarm_rate
+            );
+            if let Some(out) = out {
+                for f in dskd::eval::write_outputs(&report, &out)? {
+                    println!("wrote {}", f.display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resize { split, out, size, roles, jpeg_quality } => {
+            let opts = dskd::dataset::ResizeOptions { width: size, height: size, roles, jpeg_quality };
+            let n = dskd::dataset::resize_split(&split, &out, &opts)?;
+            println!("wrote {n} images and {}", out.join("split.tsv").display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Synth { out, size, seed, train, test_good, test_defect } => {
             let counts = synth::SynthCounts { train, test_good, test_defect };
             let n =

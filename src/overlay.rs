@@ -1,9 +1,11 @@
 //! Heatmap overlays a person can read: the anomaly map, coloured, blended over the image,
 //! with each defect region boxed.
 //!
-//! Colour scale is fixed to the calibrated threshold, not to each map's own max, so overlays
-//! of different frames compare: the threshold sits at the middle of the scale (green-yellow),
-//! twice the threshold and above is full red, zero is transparent blue.
+//! Colour scale is fixed to the calibration, not to each map's own max, so overlays of
+//! different frames compare. Values up to the pixel threshold (what normal images reach) are
+//! not coloured at all, so the part stays readable; from there the ramp runs blue -> yellow
+//! -> red, reaching full red at the image threshold. (A scale from zero, as before, tinted
+//! whole normal surfaces green on real images and left real defects only slightly warmer.)
 
 use image::{DynamicImage, Rgb, RgbImage, imageops::FilterType};
 
@@ -27,11 +29,14 @@ pub fn render(img: &DynamicImage, map: &Map, verdict: &Verdict) -> RgbImage {
     )
     .expect("map data matches its size");
     let heat = image::imageops::resize(&heat, w, h, FilterType::Triangle);
+    let (lo, hi) = colour_scale(verdict);
     for (px, hv) in out.pixels_mut().zip(heat.pixels()) {
-        let t = (hv[0] / (2.0 * verdict.threshold)).clamp(0.0, 1.0);
+        if hv[0] <= lo {
+            continue;
+        }
+        let t = ((hv[0] - lo) / (hi - lo)).clamp(0.0, 1.0);
         let colour = ramp(t);
-        // Low values stay mostly transparent so the part remains visible.
-        let alpha = 0.15 + 0.45 * t;
+        let alpha = 0.3 + 0.4 * t;
         for c in 0..3 {
             px[c] = (px[c] as f32 * (1.0 - alpha) + colour[c] * 255.0 * alpha) as u8;
         }
@@ -40,6 +45,14 @@ pub fn render(img: &DynamicImage, map: &Map, verdict: &Verdict) -> RgbImage {
         draw_box(&mut out, r.bbox, Rgb([255, 0, 0]));
     }
     out
+}
+
+/// Map values drawn as the bottom and top of the ramp.
+fn colour_scale(v: &Verdict) -> (f32, f32) {
+    let hi = v.threshold;
+    // A pixel threshold at or above the image threshold (or unset) would leave no ramp.
+    let lo = if v.pixel_threshold.is_finite() && v.pixel_threshold < hi { v.pixel_threshold } else { 0.5 * hi };
+    (lo, hi)
 }
 
 /// A 2-pixel rectangle outline, clipped to the image.

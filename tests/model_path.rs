@@ -17,6 +17,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     data: PathBuf,
     bundle: PathBuf,
+    opts: trainer::TrainOptions,
 }
 
 fn fixture() -> &'static Fixture {
@@ -43,6 +44,10 @@ fn fixture() -> &'static Fixture {
             se_sd_weight: 0.0,
             map: Default::default(),
             resume: false,
+            time_budget_s: None,
+            export_only: false,
+            no_bundle: false,
+            int8_bound: bundle_writer::INT8_BOUND,
             false_alarm_rate: 0.01,
             golden: 2,
             calibration_images: 4,
@@ -53,7 +58,7 @@ fn fixture() -> &'static Fixture {
         };
         let trained = trainer::train(&opts).expect("training runs");
         bundle_writer::write_bundle(&trained, &opts).expect("bundle is written");
-        Fixture { _dir: dir, data, bundle }
+        Fixture { _dir: dir, data, bundle, opts }
     })
 }
 
@@ -64,7 +69,8 @@ fn inspect(bundle: &Path, precision: Precision, image: &Path) -> dskd::detector:
 }
 
 /// Exported f32 graphs reproduce the trainer's (burn) maps within 1e-3 of the map peak, and
-/// int8 graphs stay within 15% of peak; `verify` re-checks both from the files on disk.
+/// int8 graphs stay within 15% of peak and keep f32's verdicts (the default bound); `verify`
+/// re-checks both from the files on disk.
 #[test]
 fn exported_maps_match_the_trainer_f32_and_int8() {
     let f = fixture();
@@ -75,6 +81,54 @@ fn exported_maps_match_the_trainer_f32_and_int8() {
     assert!(worst(Precision::Int8) <= 0.15, "int8 error {}", worst(Precision::Int8));
     let m = Bundle::open(&f.bundle).unwrap().manifest;
     assert!(m.calibration.threshold.is_finite() && m.calibration.threshold > 0.0);
+    assert_eq!(m.bundle.training["int8"], "kept");
+    let gap: f32 = m.bundle.training["int8_verdict_gap"].parse().unwrap();
+    assert!(gap <= bundle_writer::INT8_BOUND, "verdict gap {gap}");
+}
+
+/// int8 graphs that miss their bound are left out, and the f32 bundle is still complete:
+/// re-exported from the checkpoints (no training) with an impossible bound, it verifies and
+/// inspects images, and the manifest says why int8 is missing.
+#[test]
+fn int8_missing_its_bound_leaves_a_usable_f32_bundle() {
+    let f = fixture();
+    let out = f.opts.out.with_file_name("f32-only");
+    let opts = trainer::TrainOptions { out: out.clone(), export_only: true, int8_bound: 0.0, ..f.opts.clone() };
+    let kept = trainer::train(&opts).expect("the kept checkpoint loads");
+    assert_eq!(kept.steps, 6 * 4, "export-only trains nothing");
+    let m = bundle_writer::write_bundle(&kept, &opts).expect("bundle is written without int8");
+    assert!(m.graphs.int8.is_none() && m.calibration.int8_threshold.is_none());
+    assert!(m.bundle.training["int8"].starts_with("left out: int8 scores differ"), "{:?}", m.bundle.training);
+    assert!(!out.join("teacher.int8.onnx").exists());
+    let checks = dskd::verify::verify(&out).expect("f32-only bundle verifies");
+    assert!(checks.iter().all(|c| c.precision == Precision::F32) && !checks.is_empty());
+    let r = inspect(&out, Precision::F32, &f.data.join("test/good/000.png"));
+    assert!(r.verdict.score.is_finite());
+    // Same thresholds as the bundle exported right after training: the same model.
+    let first = Bundle::open(&f.bundle).unwrap().manifest;
+    assert!((first.calibration.threshold - m.calibration.threshold).abs() <= 1e-5 * first.calibration.threshold);
+}
+
+/// --export-only refuses checkpoints made for another model shape, naming the file.
+#[test]
+fn export_only_refuses_checkpoints_of_another_shape() {
+    let f = fixture();
+    let opts = trainer::TrainOptions { export_only: true, size: 64, ..f.opts.clone() };
+    let err = trainer::train(&opts).err().expect("size mismatch refused").to_string();
+    assert!(err.contains("state.json") && err.contains("96 px"), "{err}");
+}
+
+/// The training log has a header, step rows with the loss and one val row per epoch.
+#[test]
+fn training_writes_a_loss_log() {
+    let f = fixture();
+    let log = std::fs::read_to_string(f.opts.checkpoints.join("train_log.csv")).unwrap();
+    let mut lines = log.lines();
+    assert_eq!(lines.next(), Some("step,epoch,train_loss,val_loss,images_per_s,elapsed_s"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.iter().filter(|r| !r[3].is_empty()).count(), 6, "one val loss per epoch");
+    let losses: Vec<f32> = rows.iter().filter(|r| !r[2].is_empty()).map(|r| r[2].parse().unwrap()).collect();
+    assert!(losses.len() >= 2 && losses.iter().all(|l| l.is_finite() && *l > 0.0), "{losses:?}");
 }
 
 /// With the calibrated threshold, a synthetic defect raises the alarm and a normal image
@@ -167,6 +221,10 @@ fn resnet18_teacher_trains_and_exports_with_parity() {
         se_sd_weight: 0.0,
         map: Default::default(),
         resume: false,
+        time_budget_s: None,
+        export_only: false,
+        no_bundle: false,
+        int8_bound: bundle_writer::INT8_BOUND,
         false_alarm_rate: 0.01,
         golden: 1,
         calibration_images: 2,

@@ -70,8 +70,26 @@ struct Args {
     #[arg(long, default_value_t = 0.0)]
     se_sd_weight: f32,
     /// Continue from `<checkpoints>/last.bpk` (weights; the Adam state restarts).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "export_only")]
     resume: bool,
+    /// Stop training once the next epoch would end after this many minutes of fitting; the
+    /// bundle is written from the best epoch so far.
+    #[arg(long, value_name = "MINUTES")]
+    time_budget: Option<f64>,
+    /// Do not train: write the bundle from `<checkpoints>/best.bpk` (e.g. a model trained on a
+    /// GPU machine, or to retry int8 with other settings). Give the same --teacher, --size,
+    /// --students and data as the training run.
+    #[arg(long)]
+    export_only: bool,
+    /// Train and write checkpoints only, no bundle (export it later, elsewhere if need be,
+    /// with --export-only).
+    #[arg(long, conflicts_with = "export_only")]
+    no_bundle: bool,
+    /// Keep the int8 graphs only if their scores, as a fraction of their threshold, stay
+    /// within this of the f32 ones on every held-out normal (int8 and f32 verdicts can then
+    /// differ only for frames this close to the threshold).
+    #[arg(long, default_value_t = bundle_writer::INT8_BOUND)]
+    int8_bound: f32,
     /// Target false-alarm rate on normal images for the threshold.
     #[arg(long, default_value_t = 0.01)]
     false_alarm_rate: f64,
@@ -87,6 +105,11 @@ struct Args {
     /// `cpu` (burn flex) or `cuda` (build with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// How the students' depthwise convs train: `shifts` (nine shifted multiply-adds; much
+    /// faster on the CPU backend), `conv` (burn's grouped conv), or `auto` (shifts on cpu).
+    /// The same weights either way; the exported graphs are identical in form.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "shifts", "conv"])]
+    depthwise: String,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -142,6 +165,10 @@ fn run(args: Args) -> Result<()> {
         se_sd_weight: args.se_sd_weight,
         map: MapSettings { fusion, sigma: args.sigma, score },
         resume: args.resume,
+        time_budget_s: args.time_budget.map(|m| m * 60.0),
+        export_only: args.export_only,
+        no_bundle: args.no_bundle,
+        int8_bound: args.int8_bound,
         false_alarm_rate: args.false_alarm_rate,
         golden: args.golden,
         calibration_images: args.calibration_images,
@@ -150,19 +177,39 @@ fn run(args: Args) -> Result<()> {
         device_name: args.device,
         progress: !args.quiet,
     };
+    let shifts = match args.depthwise.as_str() {
+        "auto" => opts.device_name == "cpu",
+        other => other == "shifts",
+    };
+    dskd::train::nets::layers::set_depthwise_as_shifts(shifts);
     let trained = trainer::train(&opts)?;
+    if opts.no_bundle {
+        println!(
+            "checkpoints {}: {} epochs, {} steps, {:.1} img/s, val loss {:.6} (no bundle: export with --export-only)",
+            opts.checkpoints.display(),
+            trained.epochs,
+            trained.steps,
+            trained.images_per_s,
+            trained.best_val_loss
+        );
+        return Ok(());
+    }
     let m = bundle_writer::write_bundle(&trained, &opts)?;
     let t = &m.bundle.training;
+    let get = |k: &str| t.get(k).map(String::as_str).unwrap_or("-");
     println!(
-        "bundle {}: {} steps, {} img/s, val loss {}, threshold {:.4} (rate {}), parity f32 {} int8 {}",
+        "bundle {}: {} epochs, {} steps, {} img/s, val loss {}, threshold {:.4} (rate {}), parity f32 {}, int8 {} \
+         (verdict gap {})",
         opts.out.display(),
-        t["steps"],
-        t["images_per_s"],
-        t["best_val_loss"],
+        get("epochs"),
+        get("steps"),
+        get("images_per_s"),
+        get("best_val_loss"),
         m.calibration.threshold,
         m.calibration.target_false_alarm_rate,
-        t["parity_f32_max_error"],
-        t["parity_int8_max_error"],
+        get("parity_f32_max_error"),
+        get("int8"),
+        get("int8_verdict_gap"),
     );
     Ok(())
 }

@@ -29,13 +29,16 @@ pub struct Verdict {
     /// `score / threshold`: above 1 is a defect.
     pub severity: f32,
     pub regions: Vec<Region>,
+    /// The pixel threshold the regions were cut at (for overlays; not part of the event).
+    #[serde(skip)]
+    pub pixel_threshold: f32,
 }
 
 /// Decides on one map; `src_w`/`src_h` are the source image size for boxes and areas.
 pub fn decide(map: &Map, score: f32, threshold: f32, pixel_threshold: f32, src_w: u32, src_h: u32) -> Verdict {
     let defect = score >= threshold;
     let regions = if defect { regions(map, pixel_threshold, threshold, src_w, src_h) } else { Vec::new() };
-    Verdict { score, threshold, defect, severity: score / threshold, regions }
+    Verdict { score, threshold, defect, severity: score / threshold, regions, pixel_threshold }
 }
 
 /// Connected components (8-neighbourhood) above `pixel_thr` whose peak reaches `peak_thr`,

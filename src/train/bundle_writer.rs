@@ -23,9 +23,13 @@ use crate::verify::check_golden;
 
 /// Largest allowed f32 map error relative to the golden peak (burn vs tract, BN folded).
 pub const TOLERANCE_F32: f32 = 1e-3;
-/// Largest allowed int8 map error relative to the f32 golden peak (measured 0.16 on the demo
-/// bundle: the pretrained teacher is the sensitive graph; see `quantize`).
-pub const TOLERANCE_INT8: f32 = 0.25;
+/// Default bound for keeping the int8 graphs: on every held-out normal image, the int8 score
+/// as a fraction of the int8 threshold must be within 0.1 of the f32 score as a fraction of the
+/// f32 threshold. Read: int8 and f32 verdicts can only differ on frames scoring within ~10% of
+/// the threshold. (A bound on raw map error, as before, said nothing a user could act on: the
+/// int8 maps of a well-trained model can differ by 25% of their peak and still rank and flag
+/// the same frames, since each precision has its own calibrated threshold.)
+pub const INT8_BOUND: f32 = 0.1;
 
 /// The f32 graphs of a trained model.
 struct Exported {
@@ -74,7 +78,7 @@ fn draft_manifest(t: &Trained, opts: &TrainOptions, f32_set: GraphSet) -> Result
         ("batch".into(), opts.batch.to_string()),
         ("lr".into(), opts.lr.to_string()),
         ("seed".into(), opts.seed.to_string()),
-        ("device".into(), opts.device_name.clone()),
+        ("device".into(), t.trained_on.clone()),
         ("best_val_loss".into(), format!("{:.6}", t.best_val_loss)),
         ("images_per_s".into(), format!("{:.2}", t.images_per_s)),
         ("train_wall_s".into(), format!("{:.1}", t.wall_s)),
@@ -119,7 +123,7 @@ fn draft_manifest(t: &Trained, opts: &TrainOptions, f32_set: GraphSet) -> Result
             normal_max: 0.0,
             normal_flagged: 0.0,
         },
-        golden: bundle::Golden { tolerance_f32: TOLERANCE_F32, tolerance_int8: TOLERANCE_INT8, samples: Vec::new() },
+        golden: bundle::Golden { tolerance_f32: TOLERANCE_F32, tolerance_int8: 0.0, samples: Vec::new() },
         files: BTreeMap::new(),
     })
 }
@@ -157,14 +161,15 @@ fn write_golden(dir: &Path, t: &Trained, opts: &TrainOptions, m: &mut Manifest) 
     Ok(worst)
 }
 
-/// Calibration from the held-out normals' scores and map pixels, through tract at `precision`.
+/// Calibration from the held-out normals' scores and map pixels, through tract at `precision`;
+/// also returns the scores.
 fn calibrate_threshold(
     dir: &Path,
     t: &Trained,
     opts: &TrainOptions,
     m: &Manifest,
     precision: Precision,
-) -> Result<Calibration> {
+) -> Result<(Calibration, Vec<f32>)> {
     let bundle = Bundle { dir: dir.to_owned(), manifest: m.clone() };
     let detector = Detector::load(&bundle, precision)?;
     let bar = progress_bar(t.data.val.len() as u64, "calibrate", opts.progress);
@@ -178,7 +183,7 @@ fn calibrate_threshold(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok(calibrate(&scores, &mut pixels, opts.false_alarm_rate)?)
+    Ok((calibrate(&scores, &mut pixels, opts.false_alarm_rate)?, scores))
 }
 
 /// Activation (min, max) by tensor name.
@@ -208,7 +213,7 @@ fn ranges(path: &Path, g: &OnnxGraph, samples: &[Vec<Vec<f32>>]) -> Result<(Rang
     Ok((acc, outputs))
 }
 
-/// Builds and checks the int8 graphs; returns their worst golden error.
+/// Builds the int8 graphs and writes them; returns their worst golden map error (vs f32).
 fn write_int8(dir: &Path, t: &Trained, opts: &TrainOptions, g: &Exported, m: &mut Manifest) -> Result<f32> {
     let n = opts.calibration_images.clamp(1, t.data.train.len());
     let images: Vec<Vec<Vec<f32>>> =
@@ -224,11 +229,65 @@ fn write_int8(dir: &Path, t: &Trained, opts: &TrainOptions, g: &Exported, m: &mu
     m.graphs.int8 = Some(write_graphs(dir, &q, ".int8")?);
     let bundle = Bundle { dir: dir.to_owned(), manifest: m.clone() };
     let checks = check_golden(&bundle, &Detector::load(&bundle, Precision::Int8)?)?;
-    let worst = checks.iter().map(|c| c.map_error).fold(0.0f32, f32::max);
-    if worst > TOLERANCE_INT8 {
-        bail!("int8 graphs are too far from the f32 maps: error {worst:.3} of peak > {TOLERANCE_INT8}");
+    Ok(checks.iter().map(|c| c.map_error).fold(0.0f32, f32::max))
+}
+
+/// Largest difference between int8 and f32 scores of the same images, each as a fraction of
+/// its own precision's threshold.
+pub fn verdict_gap(f32_scores: &[f32], f32_threshold: f32, int8_scores: &[f32], int8_threshold: f32) -> f32 {
+    f32_scores.iter().zip(int8_scores).map(|(f, q)| (q / int8_threshold - f / f32_threshold).abs()).fold(0.0, f32::max)
+}
+
+/// Removes the int8 graphs from the bundle (files and manifest).
+fn drop_int8(dir: &Path, m: &mut Manifest) {
+    if let Some(set) = m.graphs.int8.take() {
+        for file in std::iter::once(&set.teacher).chain([&set.student_e]).chain(set.student_d.as_ref()) {
+            let _ = std::fs::remove_file(dir.join(file));
+        }
     }
-    Ok(worst)
+    m.calibration.int8_threshold = None;
+    m.calibration.int8_pixel_threshold = None;
+}
+
+/// Adds the int8 graphs when they keep f32's verdicts (see [`INT8_BOUND`]); otherwise leaves
+/// them out with a warning. Never fails the bundle: the f32 graphs are already good.
+fn add_int8(dir: &Path, t: &Trained, opts: &TrainOptions, g: &Exported, m: &mut Manifest, f32_scores: &[f32]) {
+    let attempt = (|| -> Result<(f32, f32)> {
+        let map_error = write_int8(dir, t, opts, g, m)?;
+        let (int8, scores) = calibrate_threshold(dir, t, opts, m, Precision::Int8)?;
+        m.calibration.int8_threshold = Some(int8.threshold);
+        m.calibration.int8_pixel_threshold = Some(int8.pixel_threshold);
+        Ok((map_error, verdict_gap(f32_scores, m.calibration.threshold, &scores, int8.threshold)))
+    })();
+    let training = &mut m.bundle.training;
+    match attempt {
+        Ok((map_error, gap)) if gap <= opts.int8_bound => {
+            // verify/reload re-check the int8 maps; leave room for another CPU's int8 rounding.
+            m.golden.tolerance_int8 = (map_error * 1.5).max(map_error + 0.05);
+            training.insert("parity_int8_max_error".into(), format!("{map_error:.3e}"));
+            training.insert("int8_verdict_gap".into(), format!("{gap:.4}"));
+            training.insert("int8".into(), "kept".into());
+        }
+        Ok((map_error, gap)) => {
+            let why = format!(
+                "left out: int8 scores differ from f32 by up to {gap:.3} of the threshold on held-out normals \
+                 (bound {}; map error {map_error:.3} of peak)",
+                opts.int8_bound
+            );
+            tracing::warn!(
+                "int8 graphs {why}; the f32 bundle is complete. To retry, re-export with more \
+                 --calibration-images or a looser --int8-bound, adding --export-only (no retraining)"
+            );
+            training.insert("int8".into(), why);
+            training.insert("int8_verdict_gap".into(), format!("{gap:.4}"));
+            drop_int8(dir, m);
+        }
+        Err(e) => {
+            tracing::warn!("int8 graphs left out: {e:#}; the f32 bundle is complete");
+            training.insert("int8".into(), format!("left out: {e:#}"));
+            drop_int8(dir, m);
+        }
+    }
 }
 
 /// Writes the whole bundle to `opts.out` and returns its manifest.
@@ -239,13 +298,10 @@ pub fn write_bundle(t: &Trained, opts: &TrainOptions) -> Result<Manifest> {
     let f32_set = write_graphs(dir, &graphs, "")?;
     let mut m = draft_manifest(t, opts, f32_set)?;
     let f32_error = write_golden(dir, t, opts, &mut m)?;
-    m.calibration = calibrate_threshold(dir, t, opts, &m, Precision::F32)?;
-    let int8_error = write_int8(dir, t, opts, &graphs, &mut m)?;
-    let int8 = calibrate_threshold(dir, t, opts, &m, Precision::Int8)?;
-    m.calibration.int8_threshold = Some(int8.threshold);
-    m.calibration.int8_pixel_threshold = Some(int8.pixel_threshold);
+    let (calibration, f32_scores) = calibrate_threshold(dir, t, opts, &m, Precision::F32)?;
+    m.calibration = calibration;
     m.bundle.training.insert("parity_f32_max_error".into(), format!("{f32_error:.3e}"));
-    m.bundle.training.insert("parity_int8_max_error".into(), format!("{int8_error:.3e}"));
+    add_int8(dir, t, opts, &graphs, &mut m, &f32_scores);
     bundle::write_manifest(dir, &mut m)?;
     Ok(m)
 }

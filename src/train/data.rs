@@ -51,34 +51,15 @@ pub fn from_folder(dir: &Path, val_fraction: f64) -> Result<DataSet, DataError> 
     Ok(DataSet { train, val })
 }
 
-/// Train/val from a split file.
+/// Train/val from a split file (`test` lines are left for evaluation).
 pub fn from_split(file: &Path) -> Result<DataSet, DataError> {
-    let text = std::fs::read_to_string(file).map_err(|source| DataError::Io { path: file.to_owned(), source })?;
-    let base = file.parent().unwrap_or(Path::new("."));
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (role, rel) = line.split_once('\t').ok_or_else(|| DataError::Split {
-            path: file.to_owned(),
-            line: i + 1,
-            message: "expected `role<TAB>path`".into(),
-        })?;
-        match role {
-            "train" => train.push(base.join(rel)),
-            "val" => val.push(base.join(rel)),
-            "test" => {}
-            other => {
-                return Err(DataError::Split {
-                    path: file.to_owned(),
-                    line: i + 1,
-                    message: format!("unknown role `{other}` (train, val or test)"),
-                });
-            }
-        }
-    }
+    let entries = crate::dataset::read_split(file).map_err(|e| match e {
+        crate::dataset::DatasetError::Split { path, line, message } => DataError::Split { path, line, message },
+        crate::dataset::DatasetError::Io { path, source } => DataError::Io { path, source },
+        other => unreachable!("reading a split file decodes no image: {other}"),
+    })?;
+    let role = |r: &str| entries.iter().filter(|e| e.role == r).map(|e| e.path.clone()).collect::<Vec<_>>();
+    let (train, val) = (role("train"), role("val"));
     if train.is_empty() {
         return Err(DataError::NoRole { path: file.to_owned(), role: "train" });
     }

@@ -4,7 +4,8 @@
 //! The teacher is frozen, so its features for every image are computed once, up front, on the
 //! plain (non-autodiff) device; each step then runs only the students forward and backward.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -52,6 +53,16 @@ pub struct TrainOptions {
     /// How maps are fused, blurred and scored (stored in the bundle).
     pub map: MapSettings,
     pub resume: bool,
+    /// Stop fitting once the next epoch would end after this many seconds (the bundle is still
+    /// written from the best checkpoint so far).
+    pub time_budget_s: Option<f64>,
+    /// Skip training: export the bundle from `<checkpoints>/best.bpk`.
+    pub export_only: bool,
+    /// Train and checkpoint only (export later with `export_only`, e.g. on another machine).
+    pub no_bundle: bool,
+    /// int8 graphs are kept only if, on the held-out normals, their scores stay within this
+    /// fraction of the threshold of the f32 scores (see `bundle_writer`).
+    pub int8_bound: f32,
     pub false_alarm_rate: f64,
     pub golden: usize,
     pub calibration_images: usize,
@@ -74,9 +85,32 @@ struct State {
     steps: usize,
     best_val_loss: f32,
     seed: u64,
-    /// Training throughput of the last run that made steps (kept across `--resume`).
+    /// Training throughput (images/s) of the last epoch's steps (kept across `--resume`).
     #[serde(default)]
     images_per_s: f64,
+    /// What the checkpoints are (checked by `--resume` and `--export-only`).
+    #[serde(default)]
+    model: Option<ModelShape>,
+    /// Seconds spent fitting, all runs together.
+    #[serde(default)]
+    fit_s: f64,
+    /// `--device` of the training run.
+    #[serde(default)]
+    device: String,
+}
+
+/// The options a checkpoint only makes sense with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ModelShape {
+    teacher: String,
+    size: u32,
+    dual: bool,
+}
+
+impl ModelShape {
+    fn of(opts: &TrainOptions) -> Self {
+        Self { teacher: opts.arch.name().into(), size: opts.size, dual: opts.dual }
+    }
 }
 
 /// The outcome of training, before export.
@@ -91,6 +125,8 @@ pub struct Trained {
     pub images_per_s: f64,
     pub train_images: usize,
     pub wall_s: f64,
+    /// The device the students were trained on (`cpu`, `cuda`).
+    pub trained_on: String,
 }
 
 pub fn progress_bar(len: u64, what: &str, show: bool) -> ProgressBar {
@@ -140,12 +176,13 @@ fn teacher_features(
     inputs: Vec<Vec<f32>>,
     spec: &InputSpec,
     device: &Device,
+    chunk: usize,
     show: bool,
 ) -> Vec<Sample> {
     let shape = [3, spec.height as usize, spec.width as usize];
     let bar = progress_bar(inputs.len() as u64, "teacher", show);
     let mut out = Vec::with_capacity(inputs.len());
-    for chunk in inputs.chunks(8) {
+    for chunk in inputs.chunks(chunk.max(1)) {
         let parts: Vec<&[f32]> = chunk.iter().map(|v| v.as_slice()).collect();
         let levels: Vec<Vec<FeatureMap>> =
             teacher.forward(stack(&parts, shape, device)).into_iter().map(to_feature_maps).collect();
@@ -173,9 +210,16 @@ fn batch(samples: &[&Sample], spec: &InputSpec, device: &Device) -> (Tensor<4>, 
 }
 
 /// Mean loss over held-out normal images, with the students in inference mode.
-fn validation_loss(students: &Students, val: &[Sample], spec: &InputSpec, device: &Device, se_sd_weight: f32) -> f32 {
+fn validation_loss(
+    students: &Students,
+    val: &[Sample],
+    spec: &InputSpec,
+    device: &Device,
+    se_sd_weight: f32,
+    chunk: usize,
+) -> f32 {
     let mut total = 0.0;
-    for chunk in val.chunks(8) {
+    for chunk in val.chunks(chunk) {
         let refs: Vec<&Sample> = chunk.iter().collect();
         let (x, t) = batch(&refs, spec, device);
         let loss = dskd_loss(&t, &students.forward(x), se_sd_weight);
@@ -191,7 +235,68 @@ fn shuffle(order: &mut [usize], rng: &mut Rng) {
     }
 }
 
+/// Reads `state.json` and checks that the checkpoints were made for these options.
+fn read_state(path: &Path, opts: &TrainOptions, why: &str) -> Result<State> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{why}: reading {}", path.display()))?;
+    let state: State = serde_json::from_str(&text).with_context(|| format!("{why}: parsing {}", path.display()))?;
+    if let Some(shape) = &state.model
+        && *shape != ModelShape::of(opts)
+    {
+        bail!(
+            "{why}: {} holds a {} model at {} px ({} students), not {} at {} px ({}): give the same \
+             --teacher, --size and --students as the training run",
+            path.display(),
+            shape.teacher,
+            shape.size,
+            if shape.dual { "dual" } else { "se" },
+            opts.arch.name(),
+            opts.size,
+            if opts.dual { "dual" } else { "se" },
+        );
+    }
+    Ok(state)
+}
+
+fn load_students(students: Students, path: &Path, why: &str) -> Result<Students> {
+    students.try_load_file(path).map_err(|e| anyhow::anyhow!("{why}: loading {}: {e:?}", path.display()))
+}
+
+/// Per-step losses and per-epoch validation losses, as CSV beside the checkpoints.
+struct TrainLog {
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl TrainLog {
+    const HEADER: &str = "step,epoch,train_loss,val_loss,images_per_s,elapsed_s";
+
+    fn open(path: &Path, append: bool) -> Result<Self> {
+        let fresh = !append || !path.exists();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(!fresh)
+            .write(true)
+            .truncate(fresh)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut log = Self { out: std::io::BufWriter::new(file) };
+        if fresh {
+            writeln!(log.out, "{}", Self::HEADER)?;
+        }
+        Ok(log)
+    }
+
+    fn row(&mut self, step: usize, epoch: usize, train: Option<f32>, val: Option<f32>, ips: f64, t: f64) -> Result<()> {
+        let opt = |v: Option<f32>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
+        writeln!(self.out, "{step},{epoch},{},{},{ips:.2},{t:.1}", opt(train), opt(val))?;
+        Ok(())
+    }
+}
+
+/// Reads the loss every this many steps: each read waits for the device, so a GPU would idle.
+const LOSS_EVERY: usize = 10;
+
 /// Trains the students and returns the kept (best validation loss) model, in inference mode.
+/// With `export_only`, loads the kept model from the checkpoints instead.
 pub fn train(opts: &TrainOptions) -> Result<Trained> {
     let started = Instant::now();
     let spec = InputSpec::imagenet(opts.size);
@@ -207,71 +312,110 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
     if let Some(n) = opts.max_train_images {
         data.train.truncate(n.max(1));
     }
+    let (best_path, state_path) = (opts.checkpoints.join("best.bpk"), opts.checkpoints.join("state.json"));
+    if opts.export_only {
+        let state = read_state(&state_path, opts, "--export-only")?;
+        let students = load_students(Students::new(opts.arch, opts.dual, &device), &best_path, "--export-only")?;
+        tracing::info!(epoch = state.epoch, steps = state.steps, "exporting the kept checkpoint");
+        return Ok(Trained {
+            students,
+            teacher,
+            spec,
+            train_images: data.train.len(),
+            data,
+            best_val_loss: state.best_val_loss,
+            epochs: state.epoch,
+            steps: state.steps,
+            images_per_s: state.images_per_s,
+            wall_s: state.fit_s,
+            trained_on: state.device,
+        });
+    }
     tracing::info!(train = data.train.len(), val = data.val.len(), "data");
-    let train =
-        teacher_features(&teacher, load_inputs(&data.train, &spec, opts.progress)?, &spec, &device, opts.progress);
-    let val = teacher_features(&teacher, load_inputs(&data.val, &spec, opts.progress)?, &spec, &device, opts.progress);
+    // Teacher and validation batches have the training batch's size: fewer shapes to compile.
+    let features = |paths: &[PathBuf]| -> Result<Vec<Sample>> {
+        let inputs = load_inputs(paths, &spec, opts.progress)?;
+        Ok(teacher_features(&teacher, inputs, &spec, &device, opts.batch, opts.progress))
+    };
+    let (train, val) = (features(&data.train)?, features(&data.val)?);
 
     let ad = device.clone().autodiff();
     let mut students = Students::new(opts.arch, opts.dual, &ad);
-    let mut state = State { epoch: 0, steps: 0, best_val_loss: f32::INFINITY, seed: opts.seed, images_per_s: 0.0 };
+    let mut state = State {
+        epoch: 0,
+        steps: 0,
+        best_val_loss: f32::INFINITY,
+        seed: opts.seed,
+        images_per_s: 0.0,
+        model: Some(ModelShape::of(opts)),
+        fit_s: 0.0,
+        device: opts.device_name.clone(),
+    };
     std::fs::create_dir_all(&opts.checkpoints).with_context(|| format!("creating {}", opts.checkpoints.display()))?;
-    let (last, best_path, state_path) =
-        (opts.checkpoints.join("last.bpk"), opts.checkpoints.join("best.bpk"), opts.checkpoints.join("state.json"));
+    let last = opts.checkpoints.join("last.bpk");
     if opts.resume {
-        let text = std::fs::read_to_string(&state_path)
-            .with_context(|| format!("--resume: reading {}", state_path.display()))?;
-        state = serde_json::from_str(&text).with_context(|| format!("--resume: parsing {}", state_path.display()))?;
-        students = students
-            .try_load_file(&last)
-            .map_err(|e| anyhow::anyhow!("--resume: loading {}: {e:?}", last.display()))?;
+        state = read_state(&state_path, opts, "--resume")?;
+        state.model = Some(ModelShape::of(opts));
+        state.device = opts.device_name.clone();
+        students = load_students(students, &last, "--resume")?;
         tracing::info!(epoch = state.epoch, steps = state.steps, "resumed");
     }
+    let mut log = TrainLog::open(&opts.checkpoints.join("train_log.csv"), opts.resume)?;
 
     // Adam with the paper's betas; the optimiser state restarts on --resume (weights do not).
     let mut optim = AdamConfig::new().with_beta_1(0.5).with_beta_2(0.999).init();
     let mut rng = Rng::new(opts.seed ^ state.epoch as u64);
     let mut order: Vec<usize> = (0..train.len()).collect();
-    let steps_per_epoch = train.len().div_ceil(opts.batch);
+    // Whole batches only (a short last batch is dropped; the shuffle differs every epoch):
+    // every distinct tensor shape costs a kernel compilation and autotuning on a GPU.
+    let batch_size = opts.batch.min(train.len());
+    let steps_per_epoch = train.len() / batch_size;
     let total_steps = opts.max_steps.unwrap_or(usize::MAX).min(opts.epochs * steps_per_epoch);
     let bar = progress_bar(total_steps as u64, "train", opts.progress);
     bar.set_position(state.steps as u64);
-    let (mut seen, fit_start) = (0usize, Instant::now());
+    let (mut seen, fit_start, fit_before) = (0usize, Instant::now(), state.fit_s);
     let mut best = students.valid();
     if state.best_val_loss.is_finite() {
-        best = best
-            .try_load_file(&best_path)
-            .map_err(|e| anyhow::anyhow!("--resume: loading {}: {e:?}", best_path.display()))?;
+        best = load_students(best, &best_path, "--resume")?;
     }
     while state.epoch < opts.epochs && state.steps < total_steps {
+        let (epoch_start, seen_before) = (Instant::now(), seen);
         shuffle(&mut order, &mut rng);
-        for idx in order.chunks(opts.batch) {
+        for idx in order.chunks_exact(batch_size) {
             if state.steps >= total_steps {
                 break;
             }
             let refs: Vec<&Sample> = idx.iter().map(|&i| &train[i]).collect();
             let (x, t) = batch(&refs, &spec, &ad);
             let loss = dskd_loss(&t, &students.forward(x), opts.se_sd_weight);
-            let value = loss.clone().into_scalar::<f32>();
-            if !value.is_finite() {
-                bail!("training diverged at step {} (loss {value}); try a lower --lr", state.steps);
-            }
+            let value = state.steps.is_multiple_of(LOSS_EVERY).then(|| loss.clone().into_scalar::<f32>());
             let grads = GradientsParams::from_grads(loss.backward(), &students);
             students = optim.step(opts.lr, students, grads);
             state.steps += 1;
             seen += idx.len();
             bar.set_position(state.steps as u64);
-            let msg = format!("loss {value:.4}  {:.2} img/s", seen as f64 / fit_start.elapsed().as_secs_f64());
+            let Some(value) = value else { continue };
+            if !value.is_finite() {
+                bail!("training diverged at step {} (loss {value}); try a lower --lr", state.steps);
+            }
+            let ips = seen as f64 / fit_start.elapsed().as_secs_f64();
+            log.row(state.steps, state.epoch, Some(value), None, ips, fit_before + fit_start.elapsed().as_secs_f64())?;
+            let msg = format!("loss {value:.4}  {ips:.2} img/s");
             // Without a terminal (CI logs, nohup) the bar is hidden: print a line now and then.
-            if opts.progress && bar.is_hidden() && state.steps.is_multiple_of(10) {
+            if opts.progress && bar.is_hidden() {
                 eprintln!("step {:>6}/{total_steps}  {msg}", state.steps);
             }
             bar.set_message(msg);
         }
         state.epoch += 1;
-        state.images_per_s = seen as f64 / fit_start.elapsed().as_secs_f64();
+        // Throughput of this epoch's steps: on a GPU the first epoch also compiles kernels,
+        // so a run-long average would understate the steady speed.
+        state.images_per_s = (seen - seen_before) as f64 / epoch_start.elapsed().as_secs_f64();
+        state.fit_s = fit_before + fit_start.elapsed().as_secs_f64();
         let valid = students.valid();
-        let val_loss = validation_loss(&valid, &val, &spec, &device, opts.se_sd_weight);
+        let val_loss = validation_loss(&valid, &val, &spec, &device, opts.se_sd_weight, batch_size);
+        log.row(state.steps, state.epoch, None, Some(val_loss), state.images_per_s, state.fit_s)?;
+        log.out.flush()?;
         let kept = if val_loss < state.best_val_loss { "  (kept)" } else { "" };
         let line = format!("epoch {:>3}  step {:>6}  val loss {val_loss:.5}{kept}", state.epoch, state.steps);
         if opts.progress {
@@ -285,6 +429,14 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
         students.clone().save_file(&last).map_err(|e| anyhow::anyhow!("saving {}: {e:?}", last.display()))?;
         std::fs::write(&state_path, serde_json::to_string_pretty(&state)?)
             .with_context(|| format!("writing {}", state_path.display()))?;
+        // The first epoch also pays for kernel compilation on a GPU: judge by the latest one.
+        let epoch_s = epoch_start.elapsed().as_secs_f64();
+        if let Some(budget) = opts.time_budget_s
+            && fit_start.elapsed().as_secs_f64() + epoch_s > budget
+        {
+            bar.suspend(|| eprintln!("time budget of {budget:.0} s reached after epoch {}", state.epoch));
+            break;
+        }
     }
     bar.finish_and_clear();
     Ok(Trained {
@@ -298,6 +450,7 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
         images_per_s: state.images_per_s,
         train_images: train.len(),
         wall_s: started.elapsed().as_secs_f64(),
+        trained_on: opts.device_name.clone(),
     })
 }
 
