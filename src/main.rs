@@ -338,6 +338,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let opts = dskd::eval::EvalOptions { bundle, dataset, precision, progress: !quiet };
             let report = dskd::eval::evaluate(&opts)?;
             print!("{}", dskd::eval::table(&report));
+            for r in &report.region_rules {
+                let pct = |v: Option<f64>| v.map(|v| format!("{:.1}%", 100.0 * v)).unwrap_or_else(|| "-".into());
+                println!(
+                    "regions at {} ({:.3}): box precision {}, defect boxed {}, image boxed {}",
+                    r.rule,
+                    r.pixel_threshold,
+                    pct(r.box_precision),
+                    pct(r.box_recall),
+                    pct(r.box_area_share)
+                );
+            }
             println!(
                 "{} images in {:.1} s ({:.1} ms each); threshold {:.4} (calibrated for {:.1}% false alarms)",
                 report.images.len(),

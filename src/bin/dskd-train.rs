@@ -105,11 +105,6 @@ struct Args {
     /// `cpu` (burn flex) or `cuda` (build with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// How the students' depthwise convs train: `shifts` (nine shifted multiply-adds; much
-    /// faster on the CPU backend), `conv` (burn's grouped conv), or `auto` (shifts on cpu).
-    /// The same weights either way; the exported graphs are identical in form.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "shifts", "conv"])]
-    depthwise: String,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -177,11 +172,6 @@ fn run(args: Args) -> Result<()> {
         device_name: args.device,
         progress: !args.quiet,
     };
-    let shifts = match args.depthwise.as_str() {
-        "auto" => opts.device_name == "cpu",
-        other => other == "shifts",
-    };
-    dskd::train::nets::layers::set_depthwise_as_shifts(shifts);
     let trained = trainer::train(&opts)?;
     if opts.no_bundle {
         println!(

@@ -17,7 +17,8 @@ use image::{GrayImage, imageops::FilterType};
 use serde::Serialize;
 
 use crate::bundle::Bundle;
-use crate::detector::verdict::Verdict;
+use crate::detector::anomaly_map::Map;
+use crate::detector::verdict::{self, Region, Verdict};
 use crate::detector::{Detector, DetectorError, Precision};
 use crate::preprocess::{self, PreprocessError};
 use data::{EvalDataError, TestImage};
@@ -73,6 +74,17 @@ pub struct Metrics {
     pub box_area_share: Option<f64>,
 }
 
+/// How well regions cut at one pixel threshold fit the masks (flagged defects with masks,
+/// at map resolution).
+#[derive(Debug, Clone, Serialize)]
+pub struct RegionRule {
+    pub rule: String,
+    pub pixel_threshold: f32,
+    pub box_precision: Option<f64>,
+    pub box_recall: Option<f64>,
+    pub box_area_share: Option<f64>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub bundle: PathBuf,
@@ -83,6 +95,8 @@ pub struct Report {
     pub target_false_alarm_rate: f64,
     pub overall: Metrics,
     pub per_type: BTreeMap<String, Metrics>,
+    /// Region fit for pixel thresholds derived from the bundle's two (both from normals only).
+    pub region_rules: Vec<RegionRule>,
     pub images: Vec<ImageResult>,
     pub wall_s: f64,
     pub ms_per_image: f64,
@@ -106,11 +120,10 @@ fn read_mask(t: &TestImage, mask: &Path, iw: u32, ih: u32) -> Result<GrayImage, 
     Ok(GrayImage::from_fn(iw, ih, |x, y| image::Luma([if m.get_pixel(x, y)[0] >= 128 { 255 } else { 0 }])))
 }
 
-/// Share of box area that is defect, and of the defect inside the boxes (source pixels).
-fn box_overlap(v: &Verdict, mask: &GrayImage) -> (f64, f64) {
-    let (w, h) = mask.dimensions();
+/// Share of box area that is defect, and of the defect inside the boxes, on a `w x h` grid.
+fn box_overlap(regions: &[Region], w: u32, h: u32, is_defect: impl Fn(usize) -> bool) -> (f64, f64) {
     let mut inside = vec![false; (w * h) as usize];
-    for r in &v.regions {
+    for r in regions {
         let [x, y, bw, bh] = r.bbox;
         for yy in y..(y + bh).min(h) {
             for xx in x..(x + bw).min(w) {
@@ -118,10 +131,9 @@ fn box_overlap(v: &Verdict, mask: &GrayImage) -> (f64, f64) {
             }
         }
     }
-    let defect = |i: usize| mask.as_raw()[i] != 0;
     let boxed = inside.iter().filter(|&&b| b).count();
-    let hit = (0..inside.len()).filter(|&i| inside[i] && defect(i)).count();
-    let total = (0..inside.len()).filter(|&i| defect(i)).count();
+    let hit = (0..inside.len()).filter(|&i| inside[i] && is_defect(i)).count();
+    let total = (0..inside.len()).filter(|&i| is_defect(i)).count();
     let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     (ratio(hit, boxed), ratio(hit, total))
 }
@@ -147,7 +159,7 @@ fn evaluate_one(det: &Detector, t: &TestImage) -> Result<(ImageResult, Kept), Ev
     };
     let (box_precision, box_recall) = match (&mask, t.defective && r.verdict.defect) {
         (Some(m), true) => {
-            let (p, rc) = box_overlap(&r.verdict, m);
+            let (p, rc) = box_overlap(&r.verdict.regions, iw, ih, |i| m.as_raw()[i] != 0);
             (Some(p), Some(rc))
         }
         _ => (None, None),
@@ -203,6 +215,38 @@ fn group_metrics(results: &[ImageResult], kept: &[Kept], pick: &[usize]) -> Metr
     }
 }
 
+/// Region fit of the flagged defects for pixel thresholds between the calibrated pixel
+/// threshold (the 1 - rate quantile of normal pixels) and the image threshold.
+fn region_rules(results: &[ImageResult], kept: &[Kept], threshold: f32, pixel: f32) -> Vec<RegionRule> {
+    let rules = [
+        ("calibrated pixel threshold", pixel),
+        ("midway to the image threshold", (pixel + threshold) / 2.0),
+        ("image threshold", threshold),
+    ];
+    rules
+        .into_iter()
+        .map(|(rule, px)| {
+            let mut fits = Vec::new();
+            for (r, k) in results.iter().zip(kept) {
+                let Some(mask) = k.mask.as_ref().filter(|_| r.defective && r.flagged) else { continue };
+                let map = Map { data: k.map.clone(), height: k.map.len() / k.width, width: k.width };
+                let (w, h) = (map.width as u32, map.height as u32);
+                let regions = verdict::regions(&map, px, threshold, w, h);
+                let (p, rc) = box_overlap(&regions, w, h, |i| mask[i]);
+                let area = regions.iter().map(|g| g.bbox[2] as f64 * g.bbox[3] as f64).sum::<f64>() / (w * h) as f64;
+                fits.push((p, rc, area.min(1.0)));
+            }
+            RegionRule {
+                rule: rule.into(),
+                pixel_threshold: px,
+                box_precision: mean(fits.iter().map(|f| f.0)),
+                box_recall: mean(fits.iter().map(|f| f.1)),
+                box_area_share: mean(fits.iter().map(|f| f.2)),
+            }
+        })
+        .collect()
+}
+
 /// What `dskd eval` is asked to do.
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -252,6 +296,7 @@ pub fn evaluate(opts: &EvalOptions) -> anyhow::Result<Report> {
         target_false_alarm_rate: bundle.manifest.calibration.target_false_alarm_rate,
         overall: group_metrics(&results, &kept, &all),
         per_type,
+        region_rules: region_rules(&results, &kept, threshold, pixel_threshold),
         ms_per_image: 1e3 * wall_s / results.len() as f64,
         images: results,
         wall_s,

@@ -2,7 +2,7 @@
 //!
 //! A folder gives train and held-out normal images (every `1/val_fraction`-th file in sorted
 //! order goes to val). A split file (`role<TAB>path`, `#` comments, paths relative to the
-//! file, as `../shared/data/magnetic-tile/split.tsv`) gives `train` and `val` directly; `test`
+//! file; see [`crate::dataset`]) gives `train` and `val` directly; `test`
 //! lines are left for evaluation and never touched here.
 
 use std::path::{Path, PathBuf};
