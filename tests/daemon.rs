@@ -401,7 +401,15 @@ fn watchdog_pings_follow_the_frame_loop() {
     let metrics = http_get(http, "/metrics");
     let ready = http_get(http, "/readyz");
     kill(d);
-    assert!(metrics.contains("dskd_frames_inspected_total 15"), "{metrics}");
+    // Every frame is inspected, or dropped by the drop-oldest queue when the machine is too
+    // busy to keep up with 5 frames/s (seen with trainings running beside the tests).
+    let metric = |name: &str| -> u64 {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {metrics}"));
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    let (inspected, dropped) = (metric("dskd_frames_inspected_total "), metric("dskd_frames_dropped "));
+    assert_eq!(inspected + dropped, 15, "{metrics}");
+    assert!(inspected >= 10, "{metrics}");
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     assert!(log.iter().any(|(_, m)| m.starts_with("READY=1")), "{log:?}");
     let pings: Vec<Instant> = log.iter().filter(|(_, m)| m.contains("WATCHDOG=1")).map(|(t, _)| *t).collect();
