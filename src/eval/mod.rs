@@ -215,13 +215,13 @@ fn group_metrics(results: &[ImageResult], kept: &[Kept], pick: &[usize]) -> Metr
     }
 }
 
-/// Region fit of the flagged defects for pixel thresholds between the calibrated pixel
-/// threshold (the 1 - rate quantile of normal pixels) and the image threshold.
+/// Region fit of the flagged defects for pixel thresholds between the bundle's pixel threshold
+/// and its image threshold (both calibrated on normals).
 fn region_rules(results: &[ImageResult], kept: &[Kept], threshold: f32, pixel: f32) -> Vec<RegionRule> {
     let rules = [
-        ("calibrated pixel threshold", pixel),
+        ("the bundle's pixel threshold", pixel),
         ("midway to the image threshold", (pixel + threshold) / 2.0),
-        ("image threshold", threshold),
+        ("the image threshold", threshold),
     ];
     rules
         .into_iter()
