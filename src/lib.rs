@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod overlay;
 pub mod pipeline;
 pub mod preprocess;
+pub mod progress;
 pub mod queue;
 pub mod service;
 pub mod sink;

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::bundle::Bundle;
 use crate::detector::anomaly_map::Map;
-use crate::detector::verdict::{self, Region, Verdict};
+use crate::detector::verdict::{self, Region};
 use crate::detector::{Detector, DetectorError, Precision};
 use crate::preprocess::{self, PreprocessError};
 use data::{EvalDataError, TestImage};
@@ -138,8 +138,9 @@ fn box_overlap(regions: &[Region], w: u32, h: u32, is_defect: impl Fn(usize) -> 
     (ratio(hit, boxed), ratio(hit, total))
 }
 
-fn box_area_share(v: &Verdict, w: u32, h: u32) -> f64 {
-    v.regions.iter().map(|r| r.bbox[2] as f64 * r.bbox[3] as f64).sum::<f64>().min((w * h) as f64) / (w * h) as f64
+/// Share of a `w x h` image covered by the regions' boxes (overlaps counted twice, capped at 1).
+fn box_area_share(regions: &[Region], w: u32, h: u32) -> f64 {
+    regions.iter().map(|r| r.bbox[2] as f64 * r.bbox[3] as f64).sum::<f64>().min((w * h) as f64) / (w * h) as f64
 }
 
 /// Runs one image through the detector.
@@ -170,7 +171,7 @@ fn evaluate_one(det: &Detector, t: &TestImage) -> Result<(ImageResult, Kept), Ev
         defective: t.defective,
         score: r.verdict.score,
         flagged: r.verdict.defect,
-        box_area_share: box_area_share(&r.verdict, iw, ih),
+        box_area_share: box_area_share(&r.verdict.regions, iw, ih),
         box_precision,
         box_recall,
     };
@@ -233,8 +234,7 @@ fn region_rules(results: &[ImageResult], kept: &[Kept], threshold: f32, pixel: f
                 let (w, h) = (map.width as u32, map.height as u32);
                 let regions = verdict::regions(&map, px, threshold, w, h);
                 let (p, rc) = box_overlap(&regions, w, h, |i| mask[i]);
-                let area = regions.iter().map(|g| g.bbox[2] as f64 * g.bbox[3] as f64).sum::<f64>() / (w * h) as f64;
-                fits.push((p, rc, area.min(1.0)));
+                fits.push((p, rc, box_area_share(&regions, w, h)));
             }
             RegionRule {
                 rule: rule.into(),
@@ -266,7 +266,7 @@ pub fn evaluate(opts: &EvalOptions) -> anyhow::Result<Report> {
     }
     let det = Detector::load(&bundle, opts.precision)?;
     let tests = data::load(&opts.dataset)?;
-    let bar = progress_bar(tests.len() as u64, opts.progress);
+    let bar = crate::progress::progress_bar(tests.len() as u64, "eval", opts.progress);
     let (mut results, mut kept) = (Vec::with_capacity(tests.len()), Vec::with_capacity(tests.len()));
     for t in &tests {
         let (r, k) = evaluate_one(&det, t)?;
@@ -302,18 +302,6 @@ pub fn evaluate(opts: &EvalOptions) -> anyhow::Result<Report> {
         wall_s,
     };
     Ok(report)
-}
-
-fn progress_bar(len: u64, show: bool) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("      eval {bar:30} {pos}/{len} {elapsed_precise} eta {eta}")
-            .expect("valid template"),
-    );
-    bar
 }
 
 /// The terminal table: one row per defect type and one for all.

@@ -8,10 +8,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+pub use crate::progress::progress_bar;
 use anyhow::{Context, Result, bail};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::data::{self, DataSet};
@@ -127,20 +127,6 @@ pub struct Trained {
     pub wall_s: f64,
     /// The device the students were trained on (`cpu`, `cuda`).
     pub trained_on: String,
-}
-
-pub fn progress_bar(len: u64, what: &str, show: bool) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(&format!(
-            "{what:>10} {{bar:30}} {{pos}}/{{len}} {{elapsed_precise}} eta {{eta}} {{msg}}"
-        ))
-        .expect("valid template"),
-    );
-    bar
 }
 
 /// Decodes and preprocesses images (progress shown), naming any file that fails.
