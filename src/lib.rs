@@ -16,12 +16,14 @@
 //! - [`bundle`]: the model bundle on disk: manifest, hashes, golden samples.
 //! - [`detector`]: the only module that runs tract; anomaly maps and verdicts.
 //! - [`dataset`]: split files, and resized copies of them (`dskd resize`).
+//! - [`bench`]: `dskd bench`, every stage timed beside the onnxruntime reference.
 //! - [`eval`]: `dskd eval`: image/pixel AUROC, AUPRO, F1-max, threshold rates, plots.
 //! - [`synth`]: deterministic procedural images of one surface, with defects and masks.
 //! - [`overlay`]: heatmap overlays people can read.
 //! - `train` (feature `train`): the trainer behind `dskd-train`.
 
 pub mod backoff;
+pub mod bench;
 pub mod bundle;
 pub mod config;
 pub mod dataset;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use dskd::bundle::Bundle;
-use dskd::detector::{Detector, Precision, Timings};
+use dskd::detector::{Detector, Precision};
 use dskd::verify::VerifyError;
 use dskd::{overlay, preprocess, synth};
 
@@ -46,16 +46,33 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
-    /// Time every stage (median of --runs), f32 and int8.
+    /// Time every stage of the daemon's path (decode to verdict), f32 and int8, latency and
+    /// throughput modes, beside onnxruntime on the same ONNX files (tools/ort_bench.py).
     Bench {
         #[arg(long)]
         bundle: PathBuf,
-        #[arg(long, default_value_t = 20)]
-        runs: usize,
-        /// Image to time on [default: a synthetic surface image].
+        /// Timed frames per configuration (median and p99 over them).
+        #[arg(long, default_value_t = 50)]
+        frames: usize,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// Encoded frame to time on [default: a synthetic 512x512 JPEG].
         #[arg(long)]
         image: Option<PathBuf>,
-        /// Skip the onnxruntime reference (`tools/ort_bench.py`, needs python3 + onnxruntime).
+        /// Worker threads for throughput mode, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        threads: Vec<usize>,
+        /// Also time every operator kind of every graph (tract).
+        #[arg(long)]
+        profile: bool,
+        /// Split tract's matrix products over N threads (a lever to measure; the daemon keeps
+        /// one thread per graph).
+        #[arg(long, value_name = "N")]
+        mm_threads: Option<usize>,
+        /// Print the report as JSON (dskd's and, unless --no-reference, onnxruntime's).
+        #[arg(long)]
+        json: bool,
+        /// Skip the onnxruntime reference (tools/ort_bench.py in a venv made by tools/ort-venv).
         #[arg(long)]
         no_reference: bool,
     },
@@ -182,111 +199,33 @@ fn infer(bundle: &Path, int8: bool, heatmap: Option<&Path>, images: &[PathBuf]) 
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Median ms of the T ∥ (Se→Sd) step per precision, for the reference ratios.
-type NetworkTimes = Vec<(Precision, f64)>;
-
-fn bench(bundle: &Path, runs: usize, image: Option<&Path>) -> Result<NetworkTimes> {
-    let b = Bundle::open(bundle).with_context(|| format!("opening bundle {}", bundle.display()))?;
-    let img = match image {
-        Some(p) => preprocess::load_image(p)?,
-        None => image::DynamicImage::ImageLuma8(synth::normal(1, 0, b.manifest.input.width)),
-    };
-    let runs = runs.max(1);
-    println!(
-        "bundle {} ({}x{}), median of {runs} runs, ms per frame",
-        bundle.display(),
-        b.manifest.input.width,
-        b.manifest.input.height
-    );
-    println!(
-        "{:<6} {:>10} {:>9} {:>9} {:>9} {:>11} {:>8} {:>9} {:>8}",
-        "", "preprocess", "teacher", "student_e", "student_d", "T∥(Se→Sd)", "map", "total", "fps"
-    );
-    let mut networks = Vec::new();
-    let mut precisions = vec![Precision::F32];
-    if b.manifest.graphs.int8.is_some() {
-        precisions.push(Precision::Int8);
-    }
-    for p in precisions {
-        let det = Detector::load(&b, p)?;
-        for _ in 0..2 {
-            det.inspect(&img)?; // warm-up: first runs allocate
-        }
-        let all: Vec<Timings> = (0..runs).map(|_| det.inspect(&img).map(|r| r.timings)).collect::<Result<_, _>>()?;
-        let med = |f: fn(&Timings) -> f64| median(all.iter().map(f).collect());
-        let total = med(|t| t.total_ms);
-        println!(
-            "{:<6} {:>10.2} {:>9.2} {:>9.2} {:>9.2} {:>11.2} {:>8.2} {:>9.2} {:>8.1}",
-            format!("{p:?}").to_lowercase(),
-            med(|t| t.preprocess_ms),
-            med(|t| t.teacher_ms),
-            med(|t| t.student_e_ms),
-            med(|t| t.student_d_ms),
-            med(|t| t.networks_ms),
-            med(|t| t.map_ms),
-            total,
-            1e3 / total
-        );
-        networks.push((p, med(|t| t.networks_ms)));
-    }
-    Ok(networks)
-}
-
-/// onnxruntime on the same files, in the same run: the reference the tract numbers are read
-/// against. Missing python or onnxruntime is reported, not fatal.
-fn reference(bundle: &Path, runs: usize, tract: &NetworkTimes) {
-    let script = ["tools/ort_bench.py", concat!(env!("CARGO_MANIFEST_DIR"), "/tools/ort_bench.py")]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    let Some(script) = script else {
-        println!("reference: tools/ort_bench.py not found");
-        return;
-    };
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .arg("--bundle")
-        .arg(bundle)
-        .arg("--runs")
-        .arg(runs.to_string())
-        .output();
-    let out = match out {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => {
-            let err = String::from_utf8_lossy(&o.stderr);
-            println!(
-                "reference: onnxruntime not run ({}); `pip install onnxruntime numpy`",
-                err.lines().last().unwrap_or("")
-            );
-            return;
-        }
-        Err(e) => {
-            println!("reference: python3 not run: {e}");
-            return;
+/// `dskd bench`: dskd's report, then onnxruntime's on the same work, side by side.
+fn bench(opts: &dskd::bench::BenchOptions, json: bool, no_reference: bool) -> Result<ExitCode> {
+    let report = dskd::bench::run(opts, |what| eprintln!("measuring {what}"))?;
+    let reference = if no_reference {
+        None
+    } else {
+        eprintln!("measuring the onnxruntime reference");
+        match dskd::bench::reference(opts) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("reference not run: {e:#}");
+                None
+            }
         }
     };
-    println!("onnxruntime, same files, 1 thread per graph (T ∥ (Se→Sd) = max(T, Se + Sd)):");
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(r) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
-        let p = r["precision"].as_str().unwrap_or("?");
-        let ours = tract.iter().find(|(q, _)| format!("{q:?}").eq_ignore_ascii_case(p)).map(|(_, ms)| *ms);
-        println!(
-            "ort-{:<4} {:>10} {:>9.2} {:>9.2} {:>9.2} {:>11.2}   tract/ort = {:.2}",
-            p,
-            "",
-            f("teacher_ms"),
-            f("student_e_ms"),
-            f("student_d_ms"),
-            f("parallel_ms"),
-            ours.map_or(f64::NAN, |ms| ms / f("parallel_ms"))
-        );
+    if json {
+        let mut v = serde_json::json!({ "dskd": report });
+        if let Some(r) = &reference {
+            v["onnxruntime"] = serde_json::json!({
+                "version": r.onnxruntime, "latency": r.latency, "throughput": r.throughput, "scores": r.scores
+            });
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", dskd::bench::table(&report, reference.as_ref()));
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `dskd run`: the daemon until its source ends or SIGTERM / SIGINT.
@@ -325,12 +264,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run { config, overrides } => run_daemon(config.as_deref(), &overrides),
         Command::Verify { bundle } => verify(&bundle),
         Command::Infer { bundle, int8, heatmap, images } => infer(&bundle, int8, heatmap.as_deref(), &images),
-        Command::Bench { bundle, runs, image, no_reference } => {
-            let tract = bench(&bundle, runs, image.as_deref())?;
-            if !no_reference {
-                reference(&bundle, runs, &tract);
-            }
-            Ok(ExitCode::SUCCESS)
+        Command::Bench { bundle, frames, warmup, image, threads, profile, mm_threads, json, no_reference } => {
+            let opts = dskd::bench::BenchOptions { bundle, frames, warmup, image, threads, profile, mm_threads };
+            bench(&opts, json, no_reference)
         }
         Command::Cameras => cameras(),
         Command::Eval { bundle, dataset, int8, out, quiet } => {

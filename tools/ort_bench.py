@@ -1,68 +1,251 @@
 #!/usr/bin/env python3
-"""Reference timings for `dskd bench`: onnxruntime on the same ONNX files of a bundle.
+"""The onnxruntime reference of `dskd bench`: the same work on the same files, timed the same way.
 
-Each graph runs with one intra-op thread (as each tract plan does); prints one JSON object per
-precision with the median ms of teacher, student_e, student_d, their sequential sum, and
-T ∥ (Se→Sd) estimated as max(teacher, student_e + student_d).
-Needs `pip install onnxruntime numpy` (and `tomllib`, Python >= 3.11).
+Per frame: decode the encoded frame (Pillow), resize + normalise (Pillow bilinear, numpy), the
+bundle's teacher / student_e / student_d graphs in onnxruntime (one intra-op thread per graph,
+as tract runs one graph per thread), the anomaly map in numpy (per level and student
+1 - cos, students of a level summed, bilinear upsampling with half-pixel centres and Gaussian
+blur with reflected borders, both as separable matrix products), and the verdict (threshold,
+8-connected regions with SciPy). Latency mode: 1 thread (sequential) or 2 (teacher in a second
+thread beside Se -> Sd; onnxruntime releases the GIL while it runs). Throughput mode: N worker
+threads, one frame each at a time.
+
+Prints one JSON object with the fields of dskd's report (`latency`, `throughput`). Run by
+`dskd bench`; its Python comes from tools/ort-venv (onnxruntime, numpy, Pillow, SciPy).
 """
 import argparse
+import io
 import json
-import statistics
+import math
+import threading
 import time
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from PIL import Image
+from scipy import ndimage
+
+STAGES = ["decode", "preprocess", "teacher", "student_e", "student_d", "networks", "map", "verdict", "total"]
 
 
 def session(path: Path) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def median_ms(fn, runs: int) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(runs):
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] weights of half-pixel bilinear resampling, edges clamped."""
+    m = np.zeros((n_out, n_in), np.float32)
+    scale = n_in / n_out
+    for o in range(n_out):
+        src = max((o + 0.5) * scale - 0.5, 0.0)
+        i0 = min(int(math.floor(src)), n_in - 1)
+        i1 = min(i0 + 1, n_in - 1)
+        f = src - i0
+        m[o, i0] += 1.0 - f
+        m[o, i1] += f
+    return m
+
+
+def blur_matrix(n: int, sigma: float) -> np.ndarray:
+    """[n, n] Gaussian blur (2*ceil(4 sigma)+1 taps) with reflect-101 borders."""
+    r = int(math.ceil(4 * sigma))
+    k = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sigma * sigma)).astype(np.float32)
+    k /= k.sum()
+    m = np.zeros((n, n), np.float32)
+    period = 2 * (n - 1) if n > 1 else 1
+    for y in range(n):
+        for j, kv in enumerate(k):
+            i = (y + j - r) % period if n > 1 else 0
+            if i >= n:
+                i = period - i
+            m[y, i] += kv
+    return m
+
+
+class Pipeline:
+    def __init__(self, bundle: Path, precision: str):
+        manifest = tomllib.loads((bundle / "bundle.toml").read_text())
+        graphs = manifest["graphs"][precision]
+        inp = manifest["input"]
+        self.w, self.h = inp["width"], inp["height"]
+        self.mean = np.array(inp["mean"], np.float32).reshape(3, 1, 1)
+        self.std = np.array(inp["std"], np.float32).reshape(3, 1, 1)
+        cal = manifest["calibration"]
+        self.threshold = cal.get("int8_threshold", cal["threshold"]) if precision == "int8" else cal["threshold"]
+        self.pixel_threshold = (
+            cal.get("int8_pixel_threshold", cal["pixel_threshold"]) if precision == "int8" else cal["pixel_threshold"]
+        )
+        self.sigma = manifest["map"]["sigma"]
+        self.t = session(bundle / graphs["teacher"])
+        self.e = session(bundle / graphs["student_e"])
+        self.d = session(bundle / graphs["student_d"]) if graphs.get("student_d") else None
+        strides = manifest["teacher"]["strides"]
+        self.up = [(bilinear_matrix(self.h // s, self.h), bilinear_matrix(self.w // s, self.w)) for s in strides]
+        self.blur = (blur_matrix(self.h, self.sigma), blur_matrix(self.w, self.sigma)) if self.sigma > 0 else None
+
+    def preprocess(self, img: Image.Image) -> np.ndarray:
+        img = img.convert("RGB")
+        if img.size != (self.w, self.h):
+            img = img.resize((self.w, self.h), Image.BILINEAR)
+        x = np.asarray(img, np.float32).transpose(2, 0, 1) / 255.0
+        return ((x - self.mean) / self.std)[None].astype(np.float32)
+
+    def students(self, x, t):
+        s = time.perf_counter()
+        e = self.e.run(None, {"image": x})
+        t["student_e"] = ms(s)
+        d = []
+        if self.d is not None:
+            s = time.perf_counter()
+            d = self.d.run(None, {i.name: f for i, f in zip(self.d.get_inputs(), e)})
+            t["student_d"] = ms(s)
+        else:
+            t["student_d"] = 0.0
+        return e, d
+
+    def teacher(self, x, t):
+        s = time.perf_counter()
+        out = self.t.run(None, {"image": x})
+        t["teacher"] = ms(s)
+        return out
+
+    def anomaly_map(self, teacher, students):
+        acc = np.zeros((self.h, self.w), np.float32)
+        for i, tl in enumerate(teacher):
+            tl = tl[0]
+            tn = np.maximum(np.sqrt((tl * tl).sum(0)), 1e-8)
+            level = np.zeros(tl.shape[1:], np.float32)
+            for s in students:
+                sl = s[i][0]
+                sn = np.maximum(np.sqrt((sl * sl).sum(0)), 1e-8)
+                level += 1.0 - (tl * sl).sum(0) / (tn * sn)
+            ay, ax = self.up[i]
+            acc += ay @ level @ ax.T
+        if self.blur is not None:
+            gy, gx = self.blur
+            acc = gy @ acc @ gx.T
+        return acc
+
+    def verdict(self, amap, src_w, src_h):
+        score = float(amap.max())
+        regions = []
+        if score >= self.threshold:
+            labels, _ = ndimage.label(amap >= self.pixel_threshold, structure=np.ones((3, 3)))
+            sx, sy = src_w / self.w, src_h / self.h
+            for idx, sl in enumerate(ndimage.find_objects(labels), start=1):
+                peak = float(amap[sl][labels[sl] == idx].max())
+                if peak >= self.threshold:
+                    area = int((labels[sl] == idx).sum() * sx * sy)
+                    regions.append((sl[1].start * sx, sl[0].start * sy, area, peak))
+        return score, regions
+
+    def frame(self, data: bytes, parallel: ThreadPoolExecutor | None) -> dict:
+        t = {}
         start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        t["decode"] = ms(start)
+        s = time.perf_counter()
+        x = self.preprocess(img)
+        t["preprocess"] = ms(s)
+        s = time.perf_counter()
+        if parallel is not None:
+            fut = parallel.submit(self.teacher, x, t)
+            e, d = self.students(x, t)
+            teacher = fut.result()
+        else:
+            teacher = self.teacher(x, t)
+            e, d = self.students(x, t)
+        t["networks"] = ms(s)
+        s = time.perf_counter()
+        amap = self.anomaly_map(teacher, [e, d] if d else [e])
+        t["map"] = ms(s)
+        s = time.perf_counter()
+        self.score, _ = self.verdict(amap, *img.size)
+        t["verdict"] = ms(s)
+        t["total"] = ms(start)
+        return t
 
 
-def bench(bundle: Path, graphs: dict, inp: dict, runs: int) -> dict:
-    x = np.random.default_rng(0).standard_normal((1, 3, inp["height"], inp["width"])).astype(np.float32)
-    t = session(bundle / graphs["teacher"])
-    e = session(bundle / graphs["student_e"])
-    out = {"teacher_ms": median_ms(lambda: t.run(None, {"image": x}), runs)}
-    out["student_e_ms"] = median_ms(lambda: e.run(None, {"image": x}), runs)
-    out["student_d_ms"] = 0.0
-    if graphs.get("student_d"):
-        d = session(bundle / graphs["student_d"])
-        feats = e.run(None, {"image": x})
-        feed = {i.name: f for i, f in zip(d.get_inputs(), feats)}
-        out["student_d_ms"] = median_ms(lambda: d.run(None, feed), runs)
-    out["sequential_ms"] = out["teacher_ms"] + out["student_e_ms"] + out["student_d_ms"]
-    out["parallel_ms"] = max(out["teacher_ms"], out["student_e_ms"] + out["student_d_ms"])
-    return out
+def ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1e3
+
+
+def stats(values):
+    v = sorted(values)
+    at = lambda q: v[round((len(v) - 1) * q)]
+    return {"median_ms": at(0.5), "p99_ms": at(0.99)}
+
+
+def latency(p: Pipeline, data: bytes, frames: int, warmup: int, threads: int, precision: str) -> dict:
+    pool = ThreadPoolExecutor(1) if threads > 1 else None
+    for _ in range(warmup):
+        p.frame(data, pool)
+    runs = [p.frame(data, pool) for _ in range(frames)]
+    if pool:
+        pool.shutdown()
+    return {
+        "precision": precision,
+        "threads": threads,
+        "stages": [[s, stats([r[s] for r in runs])] for s in STAGES],
+    }
+
+
+def throughput(p: Pipeline, data: bytes, frames: int, threads: int, precision: str) -> dict:
+    lock = threading.Lock()
+    counter = [0]
+    times = []
+
+    def worker():
+        while True:
+            with lock:
+                if counter[0] >= frames:
+                    return
+                counter[0] += 1
+            t = p.frame(data, None)["total"]
+            with lock:
+                times.append(t)
+
+    p.frame(data, None)
+    start = time.perf_counter()
+    workers = [threading.Thread(target=worker) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    wall = time.perf_counter() - start
+    return {"precision": precision, "threads": threads, "frames_per_s": frames / wall, "frame": stats(times)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", type=Path, required=True)
-    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--image", type=Path, required=True, help="encoded frame (JPEG, PNG, ...)")
+    ap.add_argument("--frames", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--threads", default="1,2")
     args = ap.parse_args()
+    data = args.image.read_bytes()
     manifest = tomllib.loads((args.bundle / "bundle.toml").read_text())
+    out = {"onnxruntime": ort.__version__, "latency": [], "throughput": [], "scores": []}
     for precision in ("f32", "int8"):
-        graphs = manifest["graphs"].get(precision)
-        if graphs:
-            result = bench(args.bundle, graphs, manifest["input"], args.runs)
-            print(json.dumps({"precision": precision, "onnxruntime": ort.__version__, **result}))
+        if not manifest["graphs"].get(precision):
+            continue
+        p = Pipeline(args.bundle, precision)
+        for threads in (1, 2):
+            out["latency"].append(latency(p, data, args.frames, args.warmup, threads, precision))
+        for threads in [int(t) for t in args.threads.split(",")]:
+            out["throughput"].append(throughput(p, data, args.frames, threads, precision))
+        # The frame's image score: the same work gives the same number as dskd's.
+        out["scores"].append([precision, p.score])
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use dskd::detector::anomaly_map::{Fusion, MapSettings, ScoreMode};
 use dskd::train::nets::backbone::Arch;
@@ -19,7 +19,7 @@ const SHIPPED_TEACHER: &str = "models/teachers/mobilenet_v2/mobilenet_v2-imagene
 #[command(version, about)]
 struct Args {
     /// Folder of good images (recursively); every 10th, in sorted order, is held out.
-    #[arg(long, conflicts_with = "split", required_unless_present = "split")]
+    #[arg(long, conflicts_with = "split", required_unless_present_any = ["split", "write_random_teacher"])]
     data: Option<PathBuf>,
     /// Split file (`role<TAB>path`): `train` fits, `val` holds out, `test` is ignored.
     #[arg(long)]
@@ -32,8 +32,13 @@ struct Args {
     #[arg(long)]
     teacher_weights: Option<PathBuf>,
     /// Output bundle directory.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "write_random_teacher")]
+    out: Option<PathBuf>,
+    /// Write random weights for --teacher in torchvision's layout to FILE (.safetensors) and
+    /// exit: for timing a backbone whose pretrained weights are not at hand (e.g. a ResNet18
+    /// bundle for `dskd bench`). A model on such a teacher detects nothing.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["data", "split", "out"])]
+    write_random_teacher: Option<PathBuf>,
     /// Checkpoint directory [default: <out>.checkpoints].
     #[arg(long)]
     checkpoints: Option<PathBuf>,
@@ -123,6 +128,13 @@ fn device(name: &str) -> Result<burn::tensor::Device> {
 
 fn run(args: Args) -> Result<()> {
     let arch = Arch::parse(&args.teacher).expect("clap checked the name");
+    if let Some(file) = &args.write_random_teacher {
+        let bytes = dskd::train::weights::random_teacher_safetensors(arch, args.seed);
+        std::fs::write(file, bytes).with_context(|| format!("writing {}", file.display()))?;
+        println!("random {} teacher weights (for timing only): {}", arch.name(), file.display());
+        return Ok(());
+    }
+    let out = args.out.context("give --out BUNDLE_DIR")?;
     let teacher_weights = match (args.teacher_weights, arch) {
         (Some(w), _) => w,
         (None, Arch::MobileNetV2) => PathBuf::from(SHIPPED_TEACHER),
@@ -142,12 +154,12 @@ fn run(args: Args) -> Result<()> {
         _ => Fusion::Sum,
     };
     let score = if args.score_top_k == 0 { ScoreMode::Max } else { ScoreMode::TopKMean { k: args.score_top_k } };
-    let checkpoints = args.checkpoints.unwrap_or_else(|| args.out.with_extension("checkpoints"));
+    let checkpoints = args.checkpoints.unwrap_or_else(|| out.with_extension("checkpoints"));
     let opts = trainer::TrainOptions {
         data,
         arch,
         teacher_weights,
-        out: args.out,
+        out,
         checkpoints,
         size: args.size,
         epochs: args.epochs,

@@ -1,6 +1,6 @@
 //! Teacher-vs-student discrepancy -> one anomaly map per image.
 //!
-//! Steps (DESIGN.md §3), shapes for one image:
+//! Steps (docs/ARCHITECTURE.md §3), shapes for one image:
 //! 1. per pyramid level and student: `1 - cos(T, S)` over channels, `[C, h, w] x 2 -> [h, w]`;
 //! 2. bilinear upsample (half-pixel centres, like `align_corners=false`) to `[H, W]`;
 //! 3. fuse all level/student maps ([`Fusion`], default sum);
@@ -93,30 +93,40 @@ pub fn cosine_distance(t: &FeatureMap, s: &FeatureMap) -> Map {
 
 /// Bilinear resize with half-pixel centres (`align_corners = false`), edges clamped.
 pub fn upsample_bilinear(m: &Map, out_h: usize, out_w: usize) -> Map {
-    let axis = |n_in: usize, n_out: usize| -> Vec<(usize, usize, f32)> {
-        let scale = n_in as f32 / n_out as f32;
-        (0..n_out)
-            .map(|o| {
-                let src = ((o as f32 + 0.5) * scale - 0.5).max(0.0);
-                let i0 = (src.floor() as usize).min(n_in - 1);
-                let i1 = (i0 + 1).min(n_in - 1);
-                (i0, i1, src - i0 as f32)
-            })
-            .collect()
-    };
-    let ys = axis(m.height, out_h);
-    let xs = axis(m.width, out_w);
-    let mut data = Vec::with_capacity(out_h * out_w);
-    for &(y0, y1, fy) in &ys {
-        let r0 = &m.data[y0 * m.width..(y0 + 1) * m.width];
-        let r1 = &m.data[y1 * m.width..(y1 + 1) * m.width];
-        for &(x0, x1, fx) in &xs {
-            let top = r0[x0] + (r0[x1] - r0[x0]) * fx;
-            let bottom = r1[x0] + (r1[x1] - r1[x0]) * fx;
-            data.push(top + (bottom - top) * fy);
+    let mut data = vec![0.0; out_h * out_w];
+    upsample_add(m, &mut data, out_h, out_w);
+    Map { data, height: out_h, width: out_w }
+}
+
+/// Source indices and weight of each output position along one axis (half-pixel centres).
+fn bilinear_axis(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
+    let scale = n_in as f32 / n_out as f32;
+    (0..n_out)
+        .map(|o| {
+            let src = ((o as f32 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (src.floor() as usize).min(n_in - 1);
+            let i1 = (i0 + 1).min(n_in - 1);
+            (i0, i1, src - i0 as f32)
+        })
+        .collect()
+}
+
+/// Adds the bilinear upsampling of `m` to `acc` (`out_h * out_w`): rows are interpolated
+/// horizontally once per source row, then every output row is a blend of two of them, a
+/// loop the compiler vectorises.
+fn upsample_add(m: &Map, acc: &mut [f32], out_h: usize, out_w: usize) {
+    let xs = bilinear_axis(m.width, out_w);
+    let wide: Vec<f32> = m
+        .data
+        .chunks_exact(m.width)
+        .flat_map(|row| xs.iter().map(move |&(x0, x1, fx)| row[x0] + (row[x1] - row[x0]) * fx))
+        .collect();
+    for (&(y0, y1, fy), out) in bilinear_axis(m.height, out_h).iter().zip(acc.chunks_exact_mut(out_w)) {
+        let (r0, r1) = (&wide[y0 * out_w..(y0 + 1) * out_w], &wide[y1 * out_w..(y1 + 1) * out_w]);
+        for ((o, a), b) in out.iter_mut().zip(r0).zip(r1) {
+            *o += a + (b - a) * fy;
         }
     }
-    Map { data, height: out_h, width: out_w }
 }
 
 /// A normalised 1-D Gaussian kernel with `2*ceil(4 sigma)+1` taps.
@@ -142,6 +152,8 @@ fn reflect(i: isize, n: usize) -> usize {
 }
 
 /// Separable Gaussian blur with reflect borders; `sigma <= 0` returns the map unchanged.
+/// Both passes are written as "output row += tap x shifted input row" over a padded row, so the
+/// inner loops are plain multiply-adds over contiguous memory that vectorise.
 pub fn gaussian_blur(m: &Map, sigma: f32) -> Map {
     if sigma <= 0.0 {
         return m.clone();
@@ -150,23 +162,23 @@ pub fn gaussian_blur(m: &Map, sigma: f32) -> Map {
     let r = (k.len() / 2) as isize;
     let (h, w) = (m.height, m.width);
     let mut tmp = vec![0.0f32; h * w];
-    for y in 0..h {
-        let row = &m.data[y * w..(y + 1) * w];
-        for x in 0..w {
-            let mut acc = 0.0;
-            for (j, kv) in k.iter().enumerate() {
-                acc += kv * row[reflect(x as isize + j as isize - r, w)];
+    let mut padded = vec![0.0f32; w + k.len() - 1];
+    for (row, out) in m.data.chunks_exact(w).zip(tmp.chunks_exact_mut(w)) {
+        for (i, p) in padded.iter_mut().enumerate() {
+            *p = row[reflect(i as isize - r, w)];
+        }
+        for (j, kv) in k.iter().enumerate() {
+            for (o, v) in out.iter_mut().zip(&padded[j..j + w]) {
+                *o += kv * v;
             }
-            tmp[y * w + x] = acc;
         }
     }
     let mut out = vec![0.0f32; h * w];
-    for y in 0..h {
+    for (y, dst_row) in out.chunks_exact_mut(w).enumerate() {
         for (j, kv) in k.iter().enumerate() {
             let src = reflect(y as isize + j as isize - r, h);
-            let (dst_row, src_row) = (&mut out[y * w..(y + 1) * w], &tmp[src * w..(src + 1) * w]);
-            for x in 0..w {
-                dst_row[x] += kv * src_row[x];
+            for (o, v) in dst_row.iter_mut().zip(&tmp[src * w..(src + 1) * w]) {
+                *o += kv * v;
             }
         }
     }
@@ -214,13 +226,39 @@ pub fn anomaly_map(
     out_h: usize,
     out_w: usize,
 ) -> Map {
-    let mut maps = Vec::with_capacity(teacher.len() * students.len());
-    for student in students {
-        for (t, s) in teacher.iter().zip(student.iter()) {
-            maps.push(upsample_bilinear(&cosine_distance(t, s), out_h, out_w));
+    let fused = match settings.fusion {
+        Fusion::Sum | Fusion::Mean => fuse_linear(teacher, students, settings.fusion, out_h, out_w),
+        Fusion::Product | Fusion::Max => {
+            let mut maps = Vec::with_capacity(teacher.len() * students.len());
+            for student in students {
+                for (t, s) in teacher.iter().zip(student.iter()) {
+                    maps.push(upsample_bilinear(&cosine_distance(t, s), out_h, out_w));
+                }
+            }
+            fuse(&maps, settings.fusion)
         }
+    };
+    gaussian_blur(&fused, settings.sigma)
+}
+
+/// Sum (or mean) fusion. Upsampling is linear, so the students' maps of one level are added at
+/// that level's resolution and upsampled once: 3 upsamplings instead of 6, same map up to
+/// float rounding.
+fn fuse_linear(teacher: &[FeatureMap], students: &[&[FeatureMap]], fusion: Fusion, out_h: usize, out_w: usize) -> Map {
+    let mut acc = vec![0.0f32; out_h * out_w];
+    for (i, t) in teacher.iter().enumerate() {
+        let mut level = cosine_distance(t, &students[0][i]);
+        for student in &students[1..] {
+            let other = cosine_distance(t, &student[i]);
+            level.data.iter_mut().zip(&other.data).for_each(|(a, b)| *a += b);
+        }
+        upsample_add(&level, &mut acc, out_h, out_w);
     }
-    gaussian_blur(&fuse(&maps, settings.fusion), settings.sigma)
+    if fusion == Fusion::Mean {
+        let n = (teacher.len() * students.len()) as f32;
+        acc.iter_mut().for_each(|v| *v /= n);
+    }
+    Map { data: acc, height: out_h, width: out_w }
 }
 
 #[cfg(test)]
@@ -262,6 +300,28 @@ mod tests {
         let b = gaussian_blur(&peak, 4.0);
         assert!(b.data[32 * 64 + 32] < 0.02 && b.data[32 * 64 + 36] > 0.0);
         assert!((b.data.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn linear_fusion_before_upsampling_matches_fusing_upsampled_maps() {
+        let mut rng = crate::synth::Rng::new(3);
+        let mut level = |c: usize, h: usize, w: usize| fm((0..c * h * w).map(|_| rng.unit() - 0.5).collect(), c, h, w);
+        let teacher = vec![level(4, 8, 8), level(6, 4, 4), level(8, 2, 2)];
+        let se = vec![level(4, 8, 8), level(6, 4, 4), level(8, 2, 2)];
+        let sd = vec![level(4, 8, 8), level(6, 4, 4), level(8, 2, 2)];
+        for fusion in [Fusion::Sum, Fusion::Mean] {
+            let settings = MapSettings { fusion, sigma: 1.0, score: ScoreMode::Max };
+            let fast = anomaly_map(&teacher, &[&se, &sd], &settings, 32, 32);
+            let mut maps = Vec::new();
+            for s in [&se, &sd] {
+                for (t, s) in teacher.iter().zip(s.iter()) {
+                    maps.push(upsample_bilinear(&cosine_distance(t, s), 32, 32));
+                }
+            }
+            let slow = gaussian_blur(&fuse(&maps, fusion), 1.0);
+            let worst = fast.data.iter().zip(&slow.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-5, "{fusion:?}: {worst}");
+        }
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //!
 //! This is the only module that imports tract. At load it pins every graph's input facts from
 //! the manifest, optimises and makes the plans runnable once; a frame then runs the teacher on
-//! one thread while the Se -> Sd chain runs on another (DESIGN.md §8), and the anomaly map is
+//! one thread while the Se -> Sd chain runs on another (docs/ARCHITECTURE.md §6), and the anomaly map is
 //! built from the three sets of features by [`anomaly_map`].
 
 pub mod anomaly_map;
+pub mod profile;
 pub mod verdict;
 
 use std::path::{Path, PathBuf};
@@ -49,11 +50,16 @@ type Plan = Arc<TypedRunnableModel>;
 struct Graph {
     name: String,
     plan: Plan,
+    path: PathBuf,
+    inputs: Vec<Vec<usize>>,
 }
 
 /// Milliseconds spent in each stage of one inspection.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Timings {
+    /// Frame bytes -> image; filled by callers that decode (`dskd bench`), else 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub decode_ms: f64,
     pub preprocess_ms: f64,
     pub teacher_ms: f64,
     pub student_e_ms: f64,
@@ -61,6 +67,8 @@ pub struct Timings {
     /// Wall time of the concurrent T ∥ (Se -> Sd) step.
     pub networks_ms: f64,
     pub map_ms: f64,
+    /// Threshold, regions and severity.
+    pub verdict_ms: f64,
     pub total_ms: f64,
 }
 
@@ -80,6 +88,9 @@ pub struct Detector {
     student_e: Graph,
     student_d: Option<Graph>,
     levels: Vec<[usize; 3]>,
+    /// Teacher on its own thread beside Se -> Sd (latency), or all on the caller's thread
+    /// (throughput: one frame per core).
+    parallel: bool,
 }
 
 /// `[channels, height, width]` of every pyramid level for this manifest.
@@ -90,6 +101,13 @@ pub fn level_shapes(m: &Manifest) -> Vec<[usize; 3]> {
         .zip(&m.teacher.strides)
         .map(|(&c, &s)| [c, m.input.height as usize / s, m.input.width as usize / s])
         .collect()
+}
+
+/// Splits tract's matrix products over a pool of `n` threads from now on, for every plan
+/// (`n <= 1`: back to the calling thread). A process-wide setting of tract's.
+pub fn set_matmul_threads(n: usize) {
+    use tract_linalg::multithread::{Executor, set_default_executor};
+    set_default_executor(if n > 1 { Executor::multithread(n) } else { Executor::SingleThread });
 }
 
 /// Loads an ONNX file into a runnable plan with the given input shapes pinned.
@@ -116,7 +134,9 @@ impl Detector {
         let levels = level_shapes(m);
         let level_inputs: Vec<Vec<usize>> = levels.iter().map(|l| [&[1][..], &l[..]].concat()).collect();
         let graph = |file: &str, inputs: &[Vec<usize>]| -> Result<Graph, DetectorError> {
-            Ok(Graph { name: bundle.path(file).display().to_string(), plan: load_plan(&bundle.path(file), inputs)? })
+            let path = bundle.path(file);
+            let plan = load_plan(&path, inputs)?;
+            Ok(Graph { name: path.display().to_string(), plan, path, inputs: inputs.to_vec() })
         };
         Ok(Self {
             manifest: Arc::new(m.clone()),
@@ -125,7 +145,14 @@ impl Detector {
             student_e: graph(&set.student_e, std::slice::from_ref(&image))?,
             student_d: set.student_d.as_deref().map(|f| graph(f, &level_inputs)).transpose()?,
             levels,
+            parallel: true,
         })
+    }
+
+    /// Runs the teacher beside the student chain (default) or everything on the calling
+    /// thread, for callers that put one frame on each core instead.
+    pub fn set_parallel(&mut self, parallel: bool) {
+        self.parallel = parallel;
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -152,15 +179,20 @@ impl Detector {
             .map_err(|e| DetectorError::Run { graph: self.teacher.name.clone(), message: format!("{e:#}") })?;
         let value: TValue = tensor.into_tvalue();
         let start = Instant::now();
-        let (teacher, students) = std::thread::scope(|scope| {
-            let v = value.clone();
-            let teacher = scope.spawn(move || {
-                let s = Instant::now();
-                self.run(&self.teacher, tvec![v]).map(|f| (f, ms(s)))
-            });
-            let students = self.student_chain(value, t);
-            (teacher.join().expect("teacher thread panicked"), students)
-        });
+        let run_teacher = |v: TValue| {
+            let s = Instant::now();
+            self.run(&self.teacher, tvec![v]).map(|f| (f, ms(s)))
+        };
+        let (teacher, students) = if self.parallel {
+            std::thread::scope(|scope| {
+                let v = value.clone();
+                let teacher = scope.spawn(move || run_teacher(v));
+                let students = self.student_chain(value, t);
+                (teacher.join().expect("teacher thread panicked"), students)
+            })
+        } else {
+            (run_teacher(value.clone()), self.student_chain(value, t))
+        };
         t.networks_ms = ms(start);
         let (teacher, teacher_ms) = teacher?;
         t.teacher_ms = teacher_ms;
@@ -247,10 +279,16 @@ impl Detector {
         let (map, score) = self.map(&input, &mut timings)?;
         let (calibrated, pixel_threshold) = self.thresholds();
         let threshold = threshold.unwrap_or(calibrated);
+        let s = Instant::now();
         let verdict = verdict::decide(&map, score, threshold, pixel_threshold, img.width(), img.height());
+        timings.verdict_ms = ms(s);
         timings.total_ms = ms(start);
         Ok(Inspection { map, verdict, timings })
     }
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 fn ms(since: Instant) -> f64 {

@@ -1,4 +1,4 @@
-//! The MQTT sink (rumqttc), DESIGN.md §5:
+//! The MQTT sink (rumqttc), docs/ARCHITECTURE.md §5:
 //! - `<prefix>/status`: retained JSON, `online` on every ConnAck, `offline` as the LWT and on
 //!   clean shutdown;
 //! - `<prefix>/events`: QoS 1, one JSON per defect, through the [`Outbox`];

@@ -2,7 +2,8 @@
 //!
 //! `L = Σ_students Σ_levels mean_{pixels} (1 - cos(T_l(x), S_l(x)))` with the cosine taken
 //! over channels at each pixel (STFPM/RD4AD's per-pixel cosine), optionally plus
-//! `w · Σ_l mean (1 - cos(Se_l, Sd_l))`, the Se–Sd agreement term (a DESIGN.md switch).
+//! `w · Σ_l mean (1 - cos(Se_l, Sd_l))`, the Se–Sd agreement term (`--se-sd-weight`, off by
+//! default; docs/ARCHITECTURE.md §3).
 
 use burn::prelude::*;
 

@@ -119,3 +119,33 @@ pub fn load_teacher(arch: Arch, path: &Path, device: &Device) -> Result<Backbone
     }
     Ok(net.valid())
 }
+
+/// Random teacher weights in torchvision's key layout, as a `.safetensors` file: He-uniform
+/// convolutions, batch norms near identity. For measuring a backbone's speed and shapes when
+/// its pretrained weights are not at hand (`dskd-train --write-random-teacher`); a detector with
+/// such a teacher has learnt nothing about images.
+pub fn random_teacher_safetensors(arch: Arch, seed: u64) -> Vec<u8> {
+    use safetensors::{Dtype, tensor::TensorView};
+    let mut rng = crate::synth::Rng::new(seed);
+    let mut net = Backbone::new(arch, &Device::flex());
+    let mut table: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut put = |name: String, shape: Vec<usize>, f: &mut dyn FnMut() -> f32| {
+        let n: usize = shape.iter().product();
+        table.push((name, shape, (0..n).flat_map(|_| f().to_le_bytes()).collect()));
+    };
+    for (layer, conv, bn) in net.named_layers_mut() {
+        let dims: [usize; 4] = layer.conv.weight.val().dims();
+        let a = (3.0 / (dims[1] * dims[2] * dims[3]) as f32).sqrt();
+        put(format!("{conv}.weight"), dims.to_vec(), &mut || rng.range(-a, a));
+        for (key, lo, hi) in
+            [("weight", 0.8, 1.2), ("bias", -0.1, 0.1), ("running_mean", -0.1, 0.1), ("running_var", 0.8, 1.2)]
+        {
+            put(format!("{bn}.{key}"), vec![dims[0]], &mut || rng.range(lo, hi));
+        }
+    }
+    let views: Vec<(String, TensorView)> = table
+        .iter()
+        .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("sizes match shapes")))
+        .collect();
+    safetensors::serialize(views, None).expect("in-memory serialisation")
+}

@@ -1,0 +1,71 @@
+//! `dskd bench` end to end on the demo bundle: every stage and mode is reported, the graphs'
+//! arithmetic is counted, and the onnxruntime reference (its venv made by tools/ort-venv)
+//! does the same work: its image score for the frame matches dskd's. No timing is asserted;
+//! speed is read from the report, not tested.
+
+use std::process::Command;
+
+/// Benchmarks on a lossless frame at the input size, so that both sides see the very same
+/// pixels (JPEG decoders and resize filters differ in their last bits).
+fn bench(extra: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let frame = dir.path().join("frame.png");
+    dskd::synth::normal(1, 0, 256).save(&frame).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_dskd"))
+        .args(["bench", "--bundle", "models/demo", "--frames", "3", "--warmup", "1", "--threads", "1,2", "--json"])
+        .arg("--image")
+        .arg(&frame)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn stages(latency: &serde_json::Value) -> Vec<(String, f64)> {
+    latency["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s[0].as_str().unwrap().to_string(), s[1]["median_ms"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn bench_reports_every_stage_and_the_reference_does_the_same_work() {
+    let v = bench(&["--profile"]);
+    let d = &v["dskd"];
+    let names = ["decode", "preprocess", "teacher", "student_e", "student_d", "networks", "map", "verdict", "total"];
+    let latency = d["latency"].as_array().unwrap();
+    assert_eq!(latency.len(), 4, "f32 and int8 at 1 and 2 threads");
+    for l in latency {
+        let st = stages(l);
+        assert_eq!(st.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), names);
+        let get = |n: &str| st.iter().find(|(k, _)| k == n).unwrap().1;
+        assert!(st.iter().all(|(_, ms)| ms.is_finite() && *ms >= 0.0), "{st:?}");
+        assert!(get("total") >= get("networks") && get("networks") > 0.0, "{st:?}");
+    }
+    assert_eq!(d["throughput"].as_array().unwrap().len(), 4);
+    for g in d["graphs"].as_array().unwrap() {
+        assert!(g["multiply_adds"].as_u64().unwrap() > 1_000_000, "{g}");
+        assert!(g["gflops"].as_f64().unwrap() > 0.0, "{g}");
+    }
+    let profile = d["profile"].as_array().unwrap();
+    assert_eq!(profile.len(), 2, "f32 and int8 profiles");
+    assert!(profile[0][1][0]["ops"].as_array().unwrap().iter().any(|op| op["ms"].as_f64().unwrap() > 0.0));
+
+    let r = &v["onnxruntime"];
+    assert!(r["version"].as_str().is_some(), "the reference ran: {v}");
+    assert_eq!(r["latency"].as_array().unwrap().len(), 4);
+    for l in r["latency"].as_array().unwrap() {
+        assert_eq!(stages(l).iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), names);
+    }
+    // Same frame, same graphs, same map definition: the same score (f32 exactly up to float
+    // rounding; int8 within onnxruntime's and tract's different integer arithmetic).
+    for (p, tol) in [("f32", 1e-3), ("int8", 0.05)] {
+        let score =
+            |s: &serde_json::Value| s.as_array().unwrap().iter().find(|x| x[0] == p).unwrap()[1].as_f64().unwrap();
+        let (ours, theirs) = (score(&d["scores"]), score(&r["scores"]));
+        assert!((ours - theirs).abs() <= tol * ours.abs(), "{p}: dskd {ours} vs onnxruntime {theirs}");
+    }
+}
