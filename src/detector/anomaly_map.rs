@@ -77,17 +77,18 @@ pub fn cosine_distance(t: &FeatureMap, s: &FeatureMap) -> Map {
     let mut dot = vec![0.0f32; plane];
     let mut tt = vec![0.0f32; plane];
     let mut ss = vec![0.0f32; plane];
-    for c in 0..t.channels {
-        let tc = &t.data[c * plane..(c + 1) * plane];
-        let sc = &s.data[c * plane..(c + 1) * plane];
-        for i in 0..plane {
-            dot[i] += tc[i] * sc[i];
-            tt[i] += tc[i] * tc[i];
-            ss[i] += sc[i] * sc[i];
+    // Channel planes in turn, zipped rather than indexed so the loop has no bounds checks and
+    // vectorises.
+    for (tc, sc) in t.data.chunks_exact(plane).zip(s.data.chunks_exact(plane)) {
+        for ((((d, a), b), x), y) in dot.iter_mut().zip(tt.iter_mut()).zip(ss.iter_mut()).zip(tc).zip(sc) {
+            *d += x * y;
+            *a += x * x;
+            *b += y * y;
         }
     }
     // Same epsilon handling as torch.nn.functional.cosine_similarity (eps = 1e-8).
-    let data = (0..plane).map(|i| 1.0 - dot[i] / (tt[i].sqrt().max(1e-8) * ss[i].sqrt().max(1e-8))).collect();
+    let data =
+        dot.iter().zip(&tt).zip(&ss).map(|((d, a), b)| 1.0 - d / (a.sqrt().max(1e-8) * b.sqrt().max(1e-8))).collect();
     Map { data, height: t.height, width: t.width }
 }
 
