@@ -7,7 +7,7 @@
 //!   per-tensor scale and zero point from the min/max the calibration images reached.
 //!
 //! This is the QDQ form: runtimes with integer kernels fuse the pairs into int8 convs; tract
-//! 0.23 on x86 executes it dequantized (about f32 speed, see STACK-NOTES). A QLinearConv form
+//! 0.23 on x86 executes it dequantized (slower than f32: docs/PERFORMANCE.md). A QLinearConv form
 //! is not written yet.
 
 use std::collections::HashMap;
