@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::Bundle;
 use crate::detector::profile::GraphProfile;
-use crate::detector::{Detector, Precision, Timings};
+use crate::detector::{Detector, Precision, Timings, ms};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -47,10 +47,10 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn of(mut v: Vec<f64>) -> Self {
-        v.sort_by(f64::total_cmp);
-        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-        Self { median_ms: at(0.5), p99_ms: at(0.99) }
+    /// The daemon's own percentile rule (`sink::p50_p99`); NaN for no values.
+    pub fn of(v: Vec<f64>) -> Self {
+        let (median_ms, p99_ms) = crate::sink::p50_p99(v).unwrap_or((f64::NAN, f64::NAN));
+        Self { median_ms, p99_ms }
     }
 }
 
@@ -140,10 +140,6 @@ pub fn frame_bytes(image: Option<&Path>) -> Result<(Vec<u8>, String)> {
     Ok((bytes, "synthetic 512x512 JPEG q90".into()))
 }
 
-fn ms(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64() * 1e3
-}
-
 /// Decode + inspect one frame; stage times with decode and the end-to-end total filled in.
 fn one_frame(det: &Detector, bytes: &[u8]) -> Result<Timings> {
     let start = Instant::now();
@@ -176,7 +172,7 @@ fn latency(det: &Detector, bytes: &[u8], o: &BenchOptions, threads: usize) -> Re
     let all: Vec<Timings> = (0..o.frames).map(|_| one_frame(det, bytes)).collect::<Result<_>>()?;
     let stages =
         STAGES.iter().map(|s| (s.to_string(), Stats::of(all.iter().map(|t| stage_value(t, s)).collect()))).collect();
-    Ok(Latency { precision: precision_name(det.precision()), threads, stages })
+    Ok(Latency { precision: det.precision().name().into(), threads, stages })
 }
 
 /// `threads` workers share the (sequential) detector, each taking the next frame number.
@@ -203,19 +199,16 @@ fn throughput(det: &Detector, bytes: &[u8], frames: usize, threads: usize) -> Re
         times.extend(w?);
     }
     Ok(Throughput {
-        precision: precision_name(det.precision()),
+        precision: det.precision().name().into(),
         threads,
         frames_per_s: frames as f64 / wall,
         frame: Stats::of(times),
     })
 }
 
-pub fn precision_name(p: Precision) -> String {
-    format!("{p:?}").to_lowercase()
-}
-
 /// Runs every configuration; `progress` is told what is being measured.
 pub fn run(o: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Report> {
+    let o = &BenchOptions { frames: o.frames.max(1), ..o.clone() };
     let b = Bundle::open(&o.bundle).with_context(|| format!("opening bundle {}", o.bundle.display()))?;
     let (bytes, frame) = frame_bytes(o.image.as_deref())?;
     let machine = machine();
@@ -228,7 +221,7 @@ pub fn run(o: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Report> {
         width: b.manifest.input.width,
         height: b.manifest.input.height,
         frame,
-        frames: o.frames.max(1),
+        frames: o.frames,
         mm_threads: o.mm_threads,
         scores: Vec::new(),
         latency: Vec::new(),
@@ -236,13 +229,12 @@ pub fn run(o: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Report> {
         graphs: Vec::new(),
         profile: Vec::new(),
     };
-    let o = &BenchOptions { frames: o.frames.max(1), ..o.clone() };
     let mut precisions = vec![Precision::F32];
     if b.manifest.graphs.int8.is_some() {
         precisions.push(Precision::Int8);
     }
     for p in precisions {
-        let name = precision_name(p);
+        let name = p.name().to_string();
         let mut det = Detector::load(&b, p)?;
         for threads in [1, 2] {
             progress(&format!("latency {name}, {threads} thread(s)"));

@@ -30,6 +30,16 @@ pub enum Precision {
     Int8,
 }
 
+impl Precision {
+    /// `f32` or `int8`, as in reports and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DetectorError {
     #[error(transparent)]
@@ -48,10 +58,16 @@ type Plan = Arc<TypedRunnableModel>;
 
 /// One graph, ready to run, with the file it came from (for error messages).
 struct Graph {
-    name: String,
     plan: Plan,
     path: PathBuf,
     inputs: Vec<Vec<usize>>,
+}
+
+impl Graph {
+    /// A tract error while running this graph, naming its file.
+    fn error(&self, e: TractError) -> DetectorError {
+        DetectorError::Run { graph: self.path.display().to_string(), message: format!("{e:#}") }
+    }
 }
 
 /// Milliseconds spent in each stage of one inspection.
@@ -136,7 +152,7 @@ impl Detector {
         let graph = |file: &str, inputs: &[Vec<usize>]| -> Result<Graph, DetectorError> {
             let path = bundle.path(file);
             let plan = load_plan(&path, inputs)?;
-            Ok(Graph { name: path.display().to_string(), plan, path, inputs: inputs.to_vec() })
+            Ok(Graph { plan, path, inputs: inputs.to_vec() })
         };
         Ok(Self {
             manifest: Arc::new(m.clone()),
@@ -165,8 +181,7 @@ impl Detector {
 
     /// Runs one graph; returns its outputs as feature maps checked against the manifest.
     fn run(&self, g: &Graph, inputs: TVec<TValue>) -> Result<Vec<FeatureMap>, DetectorError> {
-        let outputs =
-            g.plan.run(inputs).map_err(|e| DetectorError::Run { graph: g.name.clone(), message: format!("{e:#}") })?;
+        let outputs = g.plan.run(inputs).map_err(|e| g.error(e))?;
         self.feature_maps(g, &outputs)
     }
 
@@ -175,8 +190,7 @@ impl Detector {
     pub fn features(&self, input: &[f32], t: &mut Timings) -> Result<[Vec<FeatureMap>; 3], DetectorError> {
         let m = &self.manifest;
         let shape = [1, 3, m.input.height as usize, m.input.width as usize];
-        let tensor = Tensor::from_shape(&shape, input)
-            .map_err(|e| DetectorError::Run { graph: self.teacher.name.clone(), message: format!("{e:#}") })?;
+        let tensor = Tensor::from_shape(&shape, input).map_err(|e| self.teacher.error(e))?;
         let value: TValue = tensor.into_tvalue();
         let start = Instant::now();
         let run_teacher = |v: TValue| {
@@ -207,7 +221,7 @@ impl Detector {
         t: &mut Timings,
     ) -> Result<(Vec<FeatureMap>, Vec<FeatureMap>), DetectorError> {
         let s = Instant::now();
-        let err = |e: TractError| DetectorError::Run { graph: self.student_e.name.clone(), message: format!("{e:#}") };
+        let err = |e: TractError| self.student_e.error(e);
         let e_out = self.student_e.plan.run(tvec![image]).map_err(err)?;
         t.student_e_ms = ms(s);
         let e = self.feature_maps(&self.student_e, &e_out)?;
@@ -227,11 +241,14 @@ impl Detector {
             .map(|(index, (t, &expected))| {
                 let shape = t.shape().to_vec();
                 if shape != [1, expected[0], expected[1], expected[2]] {
-                    return Err(DetectorError::Shape { graph: g.name.clone(), index, found: shape, expected });
+                    return Err(DetectorError::Shape {
+                        graph: g.path.display().to_string(),
+                        index,
+                        found: shape,
+                        expected,
+                    });
                 }
-                let view = t
-                    .to_plain_array_view::<f32>()
-                    .map_err(|e| DetectorError::Run { graph: g.name.clone(), message: format!("{e:#}") })?;
+                let view = t.to_plain_array_view::<f32>().map_err(|e| g.error(e))?;
                 let [channels, height, width] = expected;
                 Ok(FeatureMap { data: view.iter().copied().collect(), channels, height, width })
             })
@@ -291,7 +308,8 @@ fn is_zero(v: &f64) -> bool {
     *v == 0.0
 }
 
-fn ms(since: Instant) -> f64 {
+/// Milliseconds since `since`.
+pub(crate) fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 

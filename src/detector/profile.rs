@@ -58,7 +58,7 @@ pub fn multiply_adds(path: &Path, inputs: &[Vec<usize>]) -> Result<u64, Detector
 
 /// Runs `g` `runs` times with a timer around every node; mean ms per run per operator kind.
 fn op_times(g: &Graph, inputs: &TVec<TValue>, runs: usize) -> Result<Vec<OpTime>, DetectorError> {
-    let err = |e: TractError| DetectorError::Run { graph: g.name.clone(), message: format!("{e:#}") };
+    let err = |e: TractError| g.error(e);
     let mut times: HashMap<String, f64> = HashMap::new();
     for _ in 0..runs {
         let mut state = g.plan.spawn().map_err(err)?;
@@ -88,9 +88,7 @@ impl Detector {
     pub fn profile(&self, input: &[f32], runs: usize) -> Result<Vec<GraphProfile>, DetectorError> {
         let m = &self.manifest;
         let shape = [1, 3, m.input.height as usize, m.input.width as usize];
-        let image: TValue = Tensor::from_shape(&shape, input)
-            .map_err(|e| DetectorError::Run { graph: self.teacher.name.clone(), message: format!("{e:#}") })?
-            .into_tvalue();
+        let image: TValue = Tensor::from_shape(&shape, input).map_err(|e| self.teacher.error(e))?.into_tvalue();
         let mut out = Vec::new();
         let mut one = |name: &'static str, g: &Graph, inputs: TVec<TValue>| -> Result<(), DetectorError> {
             out.push(GraphProfile {
@@ -103,11 +101,7 @@ impl Detector {
         one("teacher", &self.teacher, tvec![image.clone()])?;
         one("student_e", &self.student_e, tvec![image.clone()])?;
         if let Some(sd) = &self.student_d {
-            let se_out = self
-                .student_e
-                .plan
-                .run(tvec![image])
-                .map_err(|e| DetectorError::Run { graph: self.student_e.name.clone(), message: format!("{e:#}") })?;
+            let se_out = self.student_e.plan.run(tvec![image]).map_err(|e| self.student_e.error(e))?;
             one("student_d", sd, se_out)?;
         }
         Ok(out)

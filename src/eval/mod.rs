@@ -361,7 +361,7 @@ pub fn write_outputs(report: &Report, out: &Path) -> anyhow::Result<Vec<PathBuf>
     std::fs::write(&csv, lines.join("\n") + "\n").with_context(|| format!("writing {}", csv.display()))?;
 
     let name = report.bundle.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let precision = format!("{:?}", report.precision).to_lowercase();
+    let precision = report.precision.name();
     let plot_err = |what: &Path| {
         let what = what.to_owned();
         move |e: Box<dyn std::error::Error>| anyhow::anyhow!("drawing {}: {e}", what.display())
