@@ -206,6 +206,19 @@ fn throughput(det: &Detector, bytes: &[u8], frames: usize, threads: usize) -> Re
     })
 }
 
+#[cfg(feature = "mm-threads")]
+fn set_matmul_threads(n: usize) -> Result<()> {
+    crate::detector::set_matmul_threads(n);
+    Ok(())
+}
+
+#[cfg(not(feature = "mm-threads"))]
+fn set_matmul_threads(_: usize) -> Result<()> {
+    anyhow::bail!(
+        "--mm-threads needs a dskd built with `--features mm-threads` (off by default: it buys the daemon nothing)"
+    )
+}
+
 /// Runs every configuration; `progress` is told what is being measured.
 pub fn run(o: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Report> {
     let o = &BenchOptions { frames: o.frames.max(1), ..o.clone() };
@@ -213,7 +226,7 @@ pub fn run(o: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Report> {
     let (bytes, frame) = frame_bytes(o.image.as_deref())?;
     let machine = machine();
     if let Some(n) = o.mm_threads {
-        crate::detector::set_matmul_threads(n);
+        set_matmul_threads(n)?;
     }
     let mut report = Report {
         machine: machine.clone(),

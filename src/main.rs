@@ -66,7 +66,7 @@ enum Command {
         #[arg(long)]
         profile: bool,
         /// Split tract's matrix products over N threads (a lever to measure; the daemon keeps
-        /// one thread per graph).
+        /// one thread per graph). Needs a build with `--features mm-threads`.
         #[arg(long, value_name = "N")]
         mm_threads: Option<usize>,
         /// Print the report as JSON (dskd's and, unless --no-reference, onnxruntime's).

@@ -121,6 +121,7 @@ pub fn level_shapes(m: &Manifest) -> Vec<[usize; 3]> {
 
 /// Splits tract's matrix products over a pool of `n` threads from now on, for every plan
 /// (`n <= 1`: back to the calling thread). A process-wide setting of tract's.
+#[cfg(feature = "mm-threads")]
 pub fn set_matmul_threads(n: usize) {
     use tract_linalg::multithread::{Executor, set_default_executor};
     set_default_executor(if n > 1 { Executor::multithread(n) } else { Executor::SingleThread });
