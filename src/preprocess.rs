@@ -5,7 +5,10 @@
 //!
 //! Steps: decode -> RGB8 (gray is replicated to 3 channels) -> bilinear resize to the
 //! bundle's input size (aspect ratio is not kept: the camera framing is fixed on a line) ->
-//! `(x/255 - mean) / std` per channel -> planar CHW `f32`, shape `[3, height, width]`.
+//! normalise per channel -> planar CHW `f32`, shape `[3, height, width]`. Normalising is
+//! either `(x/255 - mean) / std` with fixed statistics (ImageNet's, what the teachers were
+//! trained on), or per image: each channel of each frame to zero mean and unit variance, so
+//! a change of exposure or gain (the same scene brighter or darker) gives the same input.
 
 use std::path::{Path, PathBuf};
 
@@ -24,7 +27,36 @@ pub struct InputSpec {
     pub mean: [f32; 3],
     /// Per-channel standard deviation of RGB values scaled to [0, 1].
     pub std: [f32; 3],
+    /// `fixed` (the `mean`/`std` above) or `per_image`; absent in bundles older than the option.
+    #[serde(default)]
+    pub normalize: Normalize,
 }
+
+/// Which statistics normalise a frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalize {
+    /// `(x/255 - mean) / std` with the manifest's fixed `mean` and `std`.
+    #[default]
+    Fixed,
+    /// Each channel of each frame to zero mean and unit variance (its own statistics): makes
+    /// the input blind to exposure and gain, which vary between shots on some lines.
+    PerImage,
+}
+
+impl Normalize {
+    /// The name used in the manifest and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Normalize::Fixed => "fixed",
+            Normalize::PerImage => "per_image",
+        }
+    }
+}
+
+/// Per-image normalisation never divides by less than this (in [0, 1] units, ~2.5 grey
+/// levels of 255): a flat or nearly flat frame stays near zero instead of amplifying noise.
+pub const MIN_IMAGE_STD: f32 = 0.01;
 
 /// ImageNet statistics, used by the torchvision-trained teachers.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -34,7 +66,12 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 impl InputSpec {
     /// A square ImageNet-normalised input.
     pub fn imagenet(size: u32) -> Self {
-        Self { width: size, height: size, mean: IMAGENET_MEAN, std: IMAGENET_STD }
+        Self { width: size, height: size, mean: IMAGENET_MEAN, std: IMAGENET_STD, normalize: Normalize::Fixed }
+    }
+
+    /// The same input with another normalisation.
+    pub fn with_normalize(self, normalize: Normalize) -> Self {
+        Self { normalize, ..self }
     }
 
     /// Checks the sizes the pyramid needs (strides up to 32 must divide them).
@@ -96,10 +133,26 @@ pub fn to_tensor(img: &DynamicImage, spec: &InputSpec) -> Vec<f32> {
     let mut out = vec![0.0f32; 3 * plane];
     for (i, px) in rgb.pixels().enumerate() {
         for c in 0..3 {
-            out[c * plane + i] = (px[c] as f32 / 255.0 - spec.mean[c]) / spec.std[c];
+            out[c * plane + i] = px[c] as f32 / 255.0;
         }
     }
+    for (c, channel) in out.chunks_exact_mut(plane).enumerate() {
+        let (mean, std) = match spec.normalize {
+            Normalize::Fixed => (spec.mean[c], spec.std[c]),
+            Normalize::PerImage => mean_std(channel),
+        };
+        channel.iter_mut().for_each(|v| *v = (*v - mean) / std);
+    }
     out
+}
+
+/// A channel's own mean and standard deviation (the latter at least `MIN_IMAGE_STD`).
+fn mean_std(values: &[f32]) -> (f32, f32) {
+    // f64 sums: 65,536+ values of similar size lose digits in f32.
+    let n = values.len().max(1) as f64;
+    let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean as f32, (var.sqrt() as f32).max(MIN_IMAGE_STD))
 }
 
 #[cfg(test)]
@@ -108,11 +161,60 @@ mod tests {
 
     #[test]
     fn gray_becomes_three_equal_normalised_channels() {
-        let spec = InputSpec { width: 32, height: 32, mean: [0.5; 3], std: [0.25; 3] };
+        let spec = InputSpec { mean: [0.5; 3], std: [0.25; 3], ..InputSpec::imagenet(32) };
         let img = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(64, 64, image::Luma([255])));
         let t = to_tensor(&img, &spec);
         assert_eq!(t.len(), spec.len());
         assert!(t.iter().all(|v| (v - 2.0).abs() < 1e-6), "(1 - 0.5) / 0.25 = 2");
+    }
+
+    /// A gradient image (values up to 189 at gain 1), and the same scene at another exposure and
+    /// gain; callers keep it below 255, since clipping is what no normalisation can undo.
+    fn scene(gain: f32, offset: f32) -> DynamicImage {
+        DynamicImage::ImageLuma8(image::GrayImage::from_fn(64, 64, |x, y| {
+            image::Luma([(offset + gain * (x + 2 * y) as f32).round().clamp(0.0, 255.0) as u8])
+        }))
+    }
+
+    #[test]
+    fn per_image_gives_zero_mean_unit_variance_per_channel() {
+        let spec = InputSpec::imagenet(32).with_normalize(Normalize::PerImage);
+        let t = to_tensor(&scene(1.0, 10.0), &spec);
+        for channel in t.chunks_exact(32 * 32) {
+            let (mean, std) = mean_std(channel);
+            assert!(mean.abs() < 1e-5, "mean {mean}");
+            assert!((std - 1.0).abs() < 1e-4, "std {std}");
+        }
+    }
+
+    #[test]
+    fn per_image_is_blind_to_exposure_and_fixed_is_not() {
+        let per_image = InputSpec::imagenet(32).with_normalize(Normalize::PerImage);
+        let fixed = InputSpec::imagenet(32);
+        let max_diff = |spec: &InputSpec| {
+            let (a, b) = (to_tensor(&scene(1.0, 10.0), spec), to_tensor(&scene(1.2, 20.0), spec));
+            a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
+        };
+        // Rounding to 8 bits is all that differs after per-image normalisation.
+        assert!(max_diff(&per_image) < 0.05, "per-image: {}", max_diff(&per_image));
+        assert!(max_diff(&fixed) > 0.5, "fixed: {}", max_diff(&fixed));
+    }
+
+    #[test]
+    fn per_image_keeps_a_flat_frame_finite() {
+        let spec = InputSpec::imagenet(32).with_normalize(Normalize::PerImage);
+        let img = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(40, 40, image::Luma([200])));
+        assert!(to_tensor(&img, &spec).iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn manifests_without_normalize_mean_fixed() {
+        let old = "width = 64\nheight = 64\nmean = [0.5, 0.5, 0.5]\nstd = [0.25, 0.25, 0.25]\n";
+        let spec: InputSpec = toml::from_str(old).unwrap();
+        assert_eq!(spec.normalize, Normalize::Fixed);
+        let new: InputSpec = toml::from_str(&format!("{old}normalize = \"per_image\"\n")).unwrap();
+        assert_eq!(new.normalize, Normalize::PerImage);
+        assert!(toml::from_str::<InputSpec>(&format!("{old}normalize = \"auto\"\n")).is_err());
     }
 
     #[test]

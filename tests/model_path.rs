@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use dskd::bundle::Bundle;
 use dskd::detector::{Detector, Precision};
+use dskd::preprocess::Normalize;
 use dskd::synth::{self, Defect, SynthCounts};
 use dskd::train::{bundle_writer, trainer};
 
@@ -54,6 +55,7 @@ fn fixture() -> &'static Fixture {
             out: bundle.clone(),
             checkpoints: dir.path().join("ckpt"),
             size: sc.size,
+            normalize: Default::default(),
             epochs: sc.epochs,
             max_steps: None,
             max_train_images: None,
@@ -224,6 +226,7 @@ fn resnet18_teacher_trains_and_exports_with_parity() {
         out: dir.path().join("bundle"),
         checkpoints: dir.path().join("ckpt"),
         size: 64,
+        normalize: Default::default(),
         epochs: 1,
         max_steps: Some(2),
         max_train_images: None,
@@ -252,4 +255,45 @@ fn resnet18_teacher_trains_and_exports_with_parity() {
     assert_eq!(m.teacher.channels, vec![64, 128, 256]);
     let checks = dskd::verify::verify(&opts.out).expect("bundle verifies");
     assert!(checks.iter().all(|c| c.precision != Precision::F32 || c.map_error <= 1e-3), "{checks:?}");
+}
+
+/// Per-image normalisation travels with the bundle: the manifest records it, the exported
+/// graphs reproduce the trainer's maps through it, the detector scores a frame and the same
+/// frame at another exposure alike, and a re-export that forgets the option is refused.
+#[test]
+fn per_image_normalisation_is_trained_exported_and_served() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = trainer::TrainOptions {
+        normalize: Normalize::PerImage,
+        size: 64,
+        epochs: 1,
+        max_steps: Some(2),
+        out: dir.path().join("bundle"),
+        checkpoints: dir.path().join("ckpt"),
+        golden: 1,
+        calibration_images: 2,
+        ..f.opts.clone()
+    };
+    let trained = trainer::train(&opts).expect("training runs");
+    let m = bundle_writer::write_bundle(&trained, &opts).expect("bundle is written");
+    assert_eq!(m.input.normalize, Normalize::PerImage);
+    let checks = dskd::verify::verify(&opts.out).expect("bundle verifies");
+    assert!(checks.iter().all(|c| c.precision != Precision::F32 || c.map_error <= 1e-3), "{checks:?}");
+
+    // The same scene brighter and with more gain: v -> 0.8 v + 30 (no clipping).
+    let img = dskd::preprocess::load_image(&f.data.join("test/good/000.png")).unwrap().to_rgb8();
+    let exposed = image::RgbImage::from_fn(img.width(), img.height(), |x, y| {
+        image::Rgb(img.get_pixel(x, y).0.map(|v| (0.8 * v as f32 + 30.0).round() as u8))
+    });
+    let b = Bundle::open(&opts.out).unwrap();
+    let det = Detector::load(&b, Precision::F32).unwrap();
+    let score = |i: image::RgbImage| det.inspect(&image::DynamicImage::ImageRgb8(i)).unwrap().verdict.score;
+    let (a, e) = (score(img), score(exposed));
+    let threshold = m.calibration.threshold;
+    assert!((a - e).abs() <= 0.05 * threshold, "scores {a} and {e} (threshold {threshold})");
+
+    let forgot = trainer::TrainOptions { export_only: true, normalize: Normalize::Fixed, ..opts.clone() };
+    let err = trainer::train(&forgot).err().expect("normalisation mismatch refused").to_string();
+    assert!(err.contains("per_image normalisation") && err.contains("--normalize"), "{err}");
 }

@@ -77,6 +77,7 @@ class Pipeline:
         self.w, self.h = inp["width"], inp["height"]
         self.mean = np.array(inp["mean"], np.float32).reshape(3, 1, 1)
         self.std = np.array(inp["std"], np.float32).reshape(3, 1, 1)
+        self.per_image = inp.get("normalize", "fixed") == "per_image"
         cal = manifest["calibration"]
         self.threshold = cal.get("int8_threshold", cal["threshold"]) if precision == "int8" else cal["threshold"]
         self.pixel_threshold = (
@@ -95,6 +96,10 @@ class Pipeline:
         if img.size != (self.w, self.h):
             img = img.resize((self.w, self.h), Image.BILINEAR)
         x = np.asarray(img, np.float32).transpose(2, 0, 1) / 255.0
+        if self.per_image:  # each channel's own statistics, deviation floored as in preprocess.rs
+            mean = x.mean(axis=(1, 2), keepdims=True)
+            std = np.maximum(x.std(axis=(1, 2), keepdims=True), 0.01)
+            return ((x - mean) / std)[None].astype(np.float32)
         return ((x - self.mean) / self.std)[None].astype(np.float32)
 
     def students(self, x, t):

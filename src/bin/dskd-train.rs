@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use dskd::detector::anomaly_map::{Fusion, MapSettings, ScoreMode};
+use dskd::preprocess::Normalize;
 use dskd::train::nets::backbone::Arch;
 use dskd::train::{bundle_writer, trainer};
 
@@ -45,6 +46,10 @@ struct Args {
     /// Square input size (multiple of 32).
     #[arg(long, default_value_t = 256)]
     size: u32,
+    /// Input normalisation: `fixed` (ImageNet statistics) or `per-image` (each frame's own
+    /// mean and deviation per channel: blind to exposure and gain changes between shots).
+    #[arg(long, default_value = "fixed", value_parser = ["fixed", "per-image"])]
+    normalize: String,
     #[arg(long, default_value_t = 200)]
     epochs: usize,
     /// Stop after this many optimiser steps in all.
@@ -83,7 +88,7 @@ struct Args {
     time_budget: Option<f64>,
     /// Do not train: write the bundle from `<checkpoints>/best.bpk` (e.g. a model trained on a
     /// GPU machine, or to retry int8 with other settings). Give the same --teacher, --size,
-    /// --students and data as the training run.
+    /// --students, --normalize and data as the training run.
     #[arg(long)]
     export_only: bool,
     /// Train and write checkpoints only, no bundle (export it later, elsewhere if need be,
@@ -162,6 +167,7 @@ fn run(args: Args) -> Result<()> {
         out,
         checkpoints,
         size: args.size,
+        normalize: if args.normalize == "per-image" { Normalize::PerImage } else { Normalize::Fixed },
         epochs: args.epochs,
         max_steps: args.max_steps,
         max_train_images: args.max_train_images,

@@ -20,7 +20,7 @@ use super::nets::backbone::{Arch, Backbone};
 use super::nets::students::Students;
 use super::weights;
 use crate::detector::anomaly_map::{FeatureMap, MapSettings};
-use crate::preprocess::{self, InputSpec};
+use crate::preprocess::{self, InputSpec, Normalize};
 use crate::synth::Rng;
 
 /// Where the good images come from.
@@ -39,6 +39,8 @@ pub struct TrainOptions {
     pub out: PathBuf,
     pub checkpoints: PathBuf,
     pub size: u32,
+    /// How frames are normalised (stored in the bundle; the daemon does the same).
+    pub normalize: Normalize,
     pub epochs: usize,
     /// Stop after this many optimiser steps in all (short schedules, tests).
     pub max_steps: Option<usize>,
@@ -105,11 +107,24 @@ struct ModelShape {
     teacher: String,
     size: u32,
     dual: bool,
+    /// Absent in checkpoints older than the option: those were trained with `fixed`.
+    #[serde(default)]
+    normalize: Normalize,
 }
 
 impl ModelShape {
     fn of(opts: &TrainOptions) -> Self {
-        Self { teacher: opts.arch.name().into(), size: opts.size, dual: opts.dual }
+        Self { teacher: opts.arch.name().into(), size: opts.size, dual: opts.dual, normalize: opts.normalize }
+    }
+
+    fn describe(&self) -> String {
+        let students = if self.dual { "dual" } else { "se" };
+        format!(
+            "{} model at {} px ({students} students, {} normalisation)",
+            self.teacher,
+            self.size,
+            self.normalize.name()
+        )
     }
 }
 
@@ -229,15 +244,11 @@ fn read_state(path: &Path, opts: &TrainOptions, why: &str) -> Result<State> {
         && *shape != ModelShape::of(opts)
     {
         bail!(
-            "{why}: {} holds a {} model at {} px ({} students), not {} at {} px ({}): give the same \
-             --teacher, --size and --students as the training run",
+            "{why}: {} holds a {}, not a {}: give the same --teacher, --size, --students and \
+             --normalize as the training run",
             path.display(),
-            shape.teacher,
-            shape.size,
-            if shape.dual { "dual" } else { "se" },
-            opts.arch.name(),
-            opts.size,
-            if opts.dual { "dual" } else { "se" },
+            shape.describe(),
+            ModelShape::of(opts).describe(),
         );
     }
     Ok(state)
@@ -285,7 +296,7 @@ const LOSS_EVERY: usize = 10;
 /// With `export_only`, loads the kept model from the checkpoints instead.
 pub fn train(opts: &TrainOptions) -> Result<Trained> {
     let started = Instant::now();
-    let spec = InputSpec::imagenet(opts.size);
+    let spec = InputSpec::imagenet(opts.size).with_normalize(opts.normalize);
     spec.validate()?;
     let device = opts.device.clone();
     device.seed(opts.seed);
