@@ -129,30 +129,43 @@ pub fn resize_rgb(img: &DynamicImage, spec: &InputSpec) -> RgbImage {
 /// The network input for one image: planar CHW, normalised, `spec.len()` values.
 pub fn to_tensor(img: &DynamicImage, spec: &InputSpec) -> Vec<f32> {
     let rgb = resize_rgb(img, spec);
+    let (mean, std) = match spec.normalize {
+        Normalize::Fixed => (spec.mean, spec.std),
+        Normalize::PerImage => channel_stats(&rgb),
+    };
     let plane = (spec.width * spec.height) as usize;
     let mut out = vec![0.0f32; 3 * plane];
     for (i, px) in rgb.pixels().enumerate() {
         for c in 0..3 {
-            out[c * plane + i] = px[c] as f32 / 255.0;
+            out[c * plane + i] = (px[c] as f32 / 255.0 - mean[c]) / std[c];
         }
-    }
-    for (c, channel) in out.chunks_exact_mut(plane).enumerate() {
-        let (mean, std) = match spec.normalize {
-            Normalize::Fixed => (spec.mean[c], spec.std[c]),
-            Normalize::PerImage => mean_std(channel),
-        };
-        channel.iter_mut().for_each(|v| *v = (*v - mean) / std);
     }
     out
 }
 
-/// A channel's own mean and standard deviation (the latter at least `MIN_IMAGE_STD`).
-fn mean_std(values: &[f32]) -> (f32, f32) {
-    // f64 sums: 65,536+ values of similar size lose digits in f32.
-    let n = values.len().max(1) as f64;
-    let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-    (mean as f32, (var.sqrt() as f32).max(MIN_IMAGE_STD))
+/// Each channel's own mean and standard deviation in [0, 1] units, the deviation at least
+/// `MIN_IMAGE_STD`.
+fn channel_stats(rgb: &RgbImage) -> ([f32; 3], [f32; 3]) {
+    // Sums of 8-bit values and their squares are exact in integers; f64 keeps the variance's
+    // subtraction accurate.
+    let (mut sum, mut squares) = ([0u64; 3], [0u64; 3]);
+    for px in rgb.pixels() {
+        for c in 0..3 {
+            let v = px[c] as u64;
+            sum[c] += v;
+            squares[c] += v * v;
+        }
+    }
+    let n = (rgb.width() as f64 * rgb.height() as f64).max(1.0);
+    let (mut mean, mut std) = ([0.0f32; 3], [0.0f32; 3]);
+    for c in 0..3 {
+        let m = sum[c] as f64 / n;
+        let var = (squares[c] as f64 / n - m * m).max(0.0);
+        // Divided in f32 as the pixels are, so a flat frame normalises to exactly 0.
+        mean[c] = m as f32 / 255.0;
+        std[c] = ((var.sqrt() / 255.0) as f32).max(MIN_IMAGE_STD);
+    }
+    (mean, std)
 }
 
 #[cfg(test)]
@@ -174,6 +187,14 @@ mod tests {
         DynamicImage::ImageLuma8(image::GrayImage::from_fn(64, 64, |x, y| {
             image::Luma([(offset + gain * (x + 2 * y) as f32).round().clamp(0.0, 255.0) as u8])
         }))
+    }
+
+    /// Mean and standard deviation of a tensor channel.
+    fn mean_std(values: &[f32]) -> (f32, f32) {
+        let n = values.len() as f64;
+        let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        (mean as f32, var.sqrt() as f32)
     }
 
     #[test]
