@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::Bundle;
 use crate::detector::profile::GraphProfile;
-use crate::detector::{Detector, Precision, Timings, ms};
+use crate::detector::{Detector, Layout, Precision, Timings, ms};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -37,6 +37,8 @@ pub struct BenchOptions {
     /// Split tract's matrix products over a pool of this many threads (tract-linalg's
     /// `multithread-mm`); None = each graph on its own thread, as the daemon runs.
     pub mm_threads: Option<usize>,
+    /// Run the graphs' convolutions channel-last (tract's `conv_nhwc` rewrite).
+    pub channels_last: bool,
 }
 
 /// Median and 99th percentile of one quantity, in ms.
@@ -118,6 +120,7 @@ pub struct Report {
     pub frame: String,
     pub frames: usize,
     pub mm_threads: Option<usize>,
+    pub channels_last: bool,
     /// The frame's image score per precision (to check the reference did the same work).
     pub scores: Vec<(String, f32)>,
     pub latency: Vec<Latency>,
@@ -236,6 +239,7 @@ pub fn run(o: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Report> {
         frame,
         frames: o.frames,
         mm_threads: o.mm_threads,
+        channels_last: o.channels_last,
         scores: Vec::new(),
         latency: Vec::new(),
         throughput: Vec::new(),
@@ -248,7 +252,8 @@ pub fn run(o: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Report> {
     }
     for p in precisions {
         let name = p.name().to_string();
-        let mut det = Detector::load(&b, p)?;
+        let layout = if o.channels_last { Layout::ChannelsLast } else { Layout::ChannelsFirst };
+        let mut det = Detector::load_with(&b, p, layout)?;
         for threads in [1, 2] {
             progress(&format!("latency {name}, {threads} thread(s)"));
             det.set_parallel(threads > 1);
@@ -398,6 +403,9 @@ pub fn table(r: &Report, reference: Option<&Reference>) -> String {
     );
     if let Some(n) = r.mm_threads {
         let _ = writeln!(s, "tract matrix products split over {n} threads (--mm-threads)");
+    }
+    if r.channels_last {
+        let _ = writeln!(s, "convolutions run channel-last (--channels-last)");
     }
     let _ = writeln!(s, "\nlatency: one frame at a time; 1 thread = sequential, 2 = T beside Se -> Sd");
     let mut header = format!("{:<11}", "stage");

@@ -69,6 +69,10 @@ enum Command {
         /// one thread per graph). Needs a build with `--features mm-threads`.
         #[arg(long, value_name = "N")]
         mm_threads: Option<usize>,
+        /// Run the graphs' convolutions channel-last (tract's NHWC rewrite; a lever to
+        /// measure: on x86 it bought nothing, aarch64 has tract's channel-last depthwise kernel).
+        #[arg(long)]
+        channels_last: bool,
         /// Print the report as JSON (dskd's and, unless --no-reference, onnxruntime's).
         #[arg(long)]
         json: bool,
@@ -264,8 +268,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run { config, overrides } => run_daemon(config.as_deref(), &overrides),
         Command::Verify { bundle } => verify(&bundle),
         Command::Infer { bundle, int8, heatmap, images } => infer(&bundle, int8, heatmap.as_deref(), &images),
-        Command::Bench { bundle, frames, warmup, image, threads, profile, mm_threads, json, no_reference } => {
-            let opts = dskd::bench::BenchOptions { bundle, frames, warmup, image, threads, profile, mm_threads };
+        Command::Bench {
+            bundle,
+            frames,
+            warmup,
+            image,
+            threads,
+            profile,
+            mm_threads,
+            channels_last,
+            json,
+            no_reference,
+        } => {
+            let opts = dskd::bench::BenchOptions {
+                bundle,
+                frames,
+                warmup,
+                image,
+                threads,
+                profile,
+                mm_threads,
+                channels_last,
+            };
             bench(&opts, json, no_reference)
         }
         Command::Cameras => cameras(),

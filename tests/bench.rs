@@ -69,3 +69,27 @@ fn bench_reports_every_stage_and_the_reference_does_the_same_work() {
         assert!((ours - theirs).abs() <= tol * ours.abs(), "{p}: dskd {ours} vs onnxruntime {theirs}");
     }
 }
+
+/// `--channels-last` (tract's NHWC rewrite of every convolution) is a layout change only: the
+/// demo bundle's maps match the default plans' to float rounding, for a normal frame and a
+/// defective one, f32 and int8.
+#[test]
+fn channels_last_plans_give_the_same_maps() {
+    use dskd::bundle::Bundle;
+    use dskd::detector::{Detector, Layout, Precision};
+    let b = Bundle::open(std::path::Path::new("models/demo")).unwrap();
+    let frames = [
+        image::DynamicImage::ImageLuma8(dskd::synth::normal(5, 0, 256)),
+        image::DynamicImage::ImageLuma8(dskd::synth::defective(5, 1, 256, dskd::synth::Defect::Scratch).0),
+    ];
+    for p in [Precision::F32, Precision::Int8] {
+        let first = Detector::load(&b, p).unwrap();
+        let last = Detector::load_with(&b, p, Layout::ChannelsLast).unwrap();
+        for frame in &frames {
+            let (a, c) = (first.inspect(frame).unwrap(), last.inspect(frame).unwrap());
+            let peak = a.map.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = a.map.data.iter().zip(&c.map.data).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(peak > 0.0 && diff <= 1e-4 * peak, "{}: maps differ by {diff} (peak {peak})", p.name());
+        }
+    }
+}

@@ -60,9 +60,11 @@ fn fixture() -> &'static Fixture {
             max_steps: None,
             max_train_images: None,
             batch: BATCH,
+            shards: 2,
             lr: 0.005,
             seed: 1,
             dual: true,
+            student_e: Default::default(),
             se_sd_weight: 0.0,
             map: Default::default(),
             resume: false,
@@ -231,9 +233,11 @@ fn resnet18_teacher_trains_and_exports_with_parity() {
         max_steps: Some(2),
         max_train_images: None,
         batch: 4,
+        shards: 1,
         lr: 0.005,
         seed: 2,
         dual: true,
+        student_e: Default::default(),
         se_sd_weight: 0.0,
         map: Default::default(),
         resume: false,
@@ -296,4 +300,49 @@ fn per_image_normalisation_is_trained_exported_and_served() {
     let forgot = trainer::TrainOptions { export_only: true, normalize: Normalize::Fixed, ..opts.clone() };
     let err = trainer::train(&forgot).err().expect("normalisation mismatch refused").to_string();
     assert!(err.contains("per_image normalisation") && err.contains("--normalize"), "{err}");
+}
+
+/// `--student-e dense`: Se built from dense convolutions trains, exports with golden parity,
+/// its ONNX graph has no grouped (depthwise) convolution left, the manifest says which Se it
+/// is, and a re-export that forgets the option is refused.
+#[test]
+fn dense_student_e_trains_and_exports_with_parity() {
+    use dskd::train::nets::students::StudentE;
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = trainer::TrainOptions {
+        student_e: StudentE::Dense,
+        size: 64,
+        epochs: 1,
+        max_steps: Some(2),
+        out: dir.path().join("bundle"),
+        checkpoints: dir.path().join("ckpt"),
+        golden: 1,
+        calibration_images: 2,
+        ..f.opts.clone()
+    };
+    let trained = trainer::train(&opts).expect("training runs");
+    let m = bundle_writer::write_bundle(&trained, &opts).expect("bundle is written");
+    assert_eq!(m.bundle.training.get("student_e").map(String::as_str), Some("dense"));
+    let checks = dskd::verify::verify(&opts.out).expect("bundle verifies");
+    assert!(checks.iter().all(|c| c.precision != Precision::F32 || c.map_error <= 1e-3), "{checks:?}");
+
+    let grouped = |file: &str| {
+        use prost::Message;
+        let bytes = std::fs::read(opts.out.join(file)).unwrap();
+        let model = tract_onnx::pb::ModelProto::decode(bytes.as_slice()).unwrap();
+        let graph = model.graph.unwrap();
+        graph
+            .node
+            .iter()
+            .filter(|n| n.op_type == "Conv")
+            .filter(|n| n.attribute.iter().any(|a| a.name == "group" && a.i > 1))
+            .count()
+    };
+    assert!(grouped(&m.graphs.f32.teacher) > 0, "the MobileNetV2 teacher has depthwise convolutions");
+    assert_eq!(grouped(&m.graphs.f32.student_e), 0, "dense Se has no grouped convolution");
+
+    let forgot = trainer::TrainOptions { export_only: true, student_e: StudentE::Teacher, ..opts.clone() };
+    let err = trainer::train(&forgot).err().expect("a dense-Se checkpoint does not load as MobileNetV2");
+    assert!(format!("{err:#}").contains("Se dense"), "{err:#}");
 }

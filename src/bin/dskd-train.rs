@@ -10,6 +10,7 @@ use clap::Parser;
 use dskd::detector::anomaly_map::{Fusion, MapSettings, ScoreMode};
 use dskd::preprocess::Normalize;
 use dskd::train::nets::backbone::Arch;
+use dskd::train::nets::students::StudentE;
 use dskd::train::{bundle_writer, trainer};
 
 /// The MIT-licensed MobileNetV2 weights shipped in the repository.
@@ -60,6 +61,11 @@ struct Args {
     max_train_images: Option<usize>,
     #[arg(long, default_value_t = 16)]
     batch: usize,
+    /// Cut each batch into N shards that run forward and backward at once on separate
+    /// threads, gradients summed (data parallelism on the CPU's cores) [default on cpu: one
+    /// shard per core, at least 8 images each; on cuda: 1].
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
     #[arg(long, default_value_t = 0.005)]
     lr: f64,
     #[arg(long, default_value_t = 42)]
@@ -67,6 +73,11 @@ struct Args {
     /// `dual` = DSKD (Se and Sd); `se` = the vanilla S-T baseline (STFPM).
     #[arg(long, default_value = "dual", value_parser = ["dual", "se"])]
     students: String,
+    /// Se's architecture: `teacher` (the teacher's own, random init: the published method) or
+    /// `dense` (plain 3x3 convolutions of about MobileNetV2's multiply-adds: no depthwise
+    /// convolutions, which tract runs slowly on x86).
+    #[arg(long, default_value = "teacher", value_parser = ["teacher", "dense"])]
+    student_e: String,
     /// How the six level/student maps are fused.
     #[arg(long, default_value = "sum", value_parser = ["sum", "mean", "product", "max"])]
     fusion: String,
@@ -131,6 +142,15 @@ fn device(name: &str) -> Result<burn::tensor::Device> {
     }
 }
 
+/// One shard per core on the CPU, but none smaller than 8 images: BatchNorm normalises over a
+/// shard, and fewer images make its statistics noisy. A GPU runs the whole batch in one pass.
+fn default_shards(device: &str, batch: usize) -> usize {
+    match device {
+        "cpu" => rayon::current_num_threads().min(batch / 8).max(1),
+        _ => 1,
+    }
+}
+
 fn run(args: Args) -> Result<()> {
     let arch = Arch::parse(&args.teacher).expect("clap checked the name");
     if let Some(file) = &args.write_random_teacher {
@@ -172,9 +192,11 @@ fn run(args: Args) -> Result<()> {
         max_steps: args.max_steps,
         max_train_images: args.max_train_images,
         batch: args.batch.max(1),
+        shards: args.shards.unwrap_or_else(|| default_shards(&args.device, args.batch)),
         lr: args.lr,
         seed: args.seed,
         dual: args.students == "dual",
+        student_e: if args.student_e == "dense" { StudentE::Dense } else { StudentE::Teacher },
         se_sd_weight: args.se_sd_weight,
         map: MapSettings { fusion, sigma: args.sigma, score },
         resume: args.resume,

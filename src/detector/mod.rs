@@ -128,18 +128,42 @@ pub fn set_matmul_threads(n: usize) {
 }
 
 /// Loads an ONNX file into a runnable plan with the given input shapes pinned.
-fn load_plan(path: &Path, inputs: &[Vec<usize>]) -> Result<Plan, DetectorError> {
+fn load_plan(path: &Path, inputs: &[Vec<usize>], layout: Layout) -> Result<Plan, DetectorError> {
     let err = |e: TractError| DetectorError::Load { path: path.to_owned(), message: format!("{e:#}") };
     let mut model = tract_onnx::onnx().model_for_path(path).map_err(err)?;
     for (i, shape) in inputs.iter().enumerate() {
         model = model.with_input_fact(i, f32::fact(shape).into()).map_err(err)?;
     }
+    let mut model = model.into_typed().map_err(err)?.into_decluttered().map_err(err)?;
+    if layout == Layout::ChannelsLast {
+        let missing = || TractError::msg("this tract has no `conv_nhwc` transform");
+        let t = tract_onnx::tract_core::transform::get_transform("conv_nhwc").map_err(err)?.ok_or_else(missing);
+        t.map_err(err)?.transform(&mut model).map_err(err)?;
+    }
     model.into_optimized().map_err(err)?.into_runnable().map_err(err)
+}
+
+/// How tract lays out the convolutions' activations inside a plan.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// As the ONNX files have them (NCHW): the default.
+    #[default]
+    ChannelsFirst,
+    /// Rewritten to NHWC by tract's `conv_nhwc` transform (`dskd bench --channels-last`). A
+    /// lever to measure: on x86 tract 0.23.9 vectorises depthwise convolutions only in the
+    /// channels-first layout, so it bought nothing there (docs/PERFORMANCE.md); aarch64 is
+    /// where tract has a channel-last depthwise kernel.
+    ChannelsLast,
 }
 
 impl Detector {
     /// Loads the graphs of `precision` from an opened (hash-checked) bundle.
     pub fn load(bundle: &Bundle, precision: Precision) -> Result<Self, DetectorError> {
+        Self::load_with(bundle, precision, Layout::default())
+    }
+
+    /// [`Detector::load`] with the plans' convolutions in the given layout.
+    pub fn load_with(bundle: &Bundle, precision: Precision, layout: Layout) -> Result<Self, DetectorError> {
         let m = &bundle.manifest;
         let set: &GraphSet = match precision {
             Precision::F32 => &m.graphs.f32,
@@ -152,7 +176,7 @@ impl Detector {
         let level_inputs: Vec<Vec<usize>> = levels.iter().map(|l| [&[1][..], &l[..]].concat()).collect();
         let graph = |file: &str, inputs: &[Vec<usize>]| -> Result<Graph, DetectorError> {
             let path = bundle.path(file);
-            let plan = load_plan(&path, inputs)?;
+            let plan = load_plan(&path, inputs, layout)?;
             Ok(Graph { plan, path, inputs: inputs.to_vec() })
         };
         Ok(Self {

@@ -76,6 +76,8 @@ fn draft_manifest(t: &Trained, opts: &TrainOptions, f32_set: GraphSet) -> Result
         ("epochs".into(), t.epochs.to_string()),
         ("steps".into(), t.steps.to_string()),
         ("batch".into(), opts.batch.to_string()),
+        ("shards".into(), opts.shards.to_string()),
+        ("student_e".into(), opts.student_e.name().into()),
         ("lr".into(), opts.lr.to_string()),
         ("seed".into(), opts.seed.to_string()),
         ("device".into(), t.trained_on.clone()),

@@ -12,6 +12,7 @@ use burn::nn::BatchNorm;
 use burn::prelude::*;
 
 use super::nets::backbone::Backbone;
+use super::nets::dense::DenseEncoder;
 use super::nets::layers::{Act, ConvBn, ResBlock};
 use super::nets::mobilenet_v2::MobileNetV2;
 use super::nets::resnet::ResNet;
@@ -86,6 +87,16 @@ fn resnet(g: &mut OnnxGraph, x: String, net: &ResNet) -> Vec<String> {
     taps
 }
 
+fn dense(g: &mut OnnxGraph, x: String, net: &DenseEncoder) -> Vec<String> {
+    let mut x = conv_bn(g, x, &net.stem);
+    let mut taps = Vec::new();
+    for (stage, head) in net.stages.iter().zip(&net.heads) {
+        x = stage.iter().fold(x, |x, l| conv_bn(g, x, l));
+        taps.push(conv_bn(g, x.clone(), head));
+    }
+    taps
+}
+
 fn res_block(g: &mut OnnxGraph, x: String, b: &ResBlock) -> String {
     let skip = match &b.shortcut {
         Some(s) => conv_bn(g, x.clone(), s),
@@ -152,10 +163,11 @@ pub fn backbone_graph(
 ) -> OnnxGraph {
     let mut g = OnnxGraph::new(name);
     g.inputs.push((INPUT.into(), vec![1, 3, spec.height as usize, spec.width as usize]));
-    let taps = match (&net.mobilenet_v2, &net.resnet) {
-        (Some(m), _) => mobilenet(&mut g, INPUT.into(), m),
-        (None, Some(r)) => resnet(&mut g, INPUT.into(), r),
-        (None, None) => unreachable!("a backbone has one architecture"),
+    let taps = match (&net.mobilenet_v2, &net.resnet, &net.dense) {
+        (Some(m), _, _) => mobilenet(&mut g, INPUT.into(), m),
+        (None, Some(r), _) => resnet(&mut g, INPUT.into(), r),
+        (None, None, Some(d)) => dense(&mut g, INPUT.into(), d),
+        (None, None, None) => unreachable!("a backbone has one architecture"),
     };
     set_outputs(&mut g, taps, &level_shapes(spec, channels, strides));
     g

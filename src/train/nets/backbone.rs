@@ -1,7 +1,9 @@
-//! The teacher's architecture, chosen at run time; Se uses the same one with random weights.
+//! The teacher's architecture, chosen at run time; Se uses the same one with random weights,
+//! or (`--student-e dense`) the dense-convolution encoder of `dense.rs`.
 
 use burn::prelude::*;
 
+use super::dense::DenseEncoder;
 use super::layers::ConvBn;
 use super::mobilenet_v2::{self, MobileNetV2};
 use super::resnet::{self, ResNet};
@@ -59,6 +61,8 @@ impl Arch {
 pub struct Backbone {
     pub mobilenet_v2: Option<MobileNetV2>,
     pub resnet: Option<ResNet>,
+    /// Only ever a student (no pretrained weights exist for it).
+    pub dense: Option<DenseEncoder>,
 }
 
 impl Backbone {
@@ -68,15 +72,21 @@ impl Backbone {
             Arch::ResNet18 => (None, Some(ResNet::new([2, 2, 2], device))),
             Arch::ResNet34 => (None, Some(ResNet::new([3, 4, 6], device))),
         };
-        Self { mobilenet_v2, resnet }
+        Self { mobilenet_v2, resnet, dense: None }
+    }
+
+    /// The dense-convolution encoder with taps as wide as `arch`'s (a student only).
+    pub fn dense(arch: Arch, device: &Device) -> Self {
+        Self { mobilenet_v2: None, resnet: None, dense: Some(DenseEncoder::new(arch.tap_channels(), device)) }
     }
 
     /// The three tap outputs.
     pub fn forward(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
-        match (&self.mobilenet_v2, &self.resnet) {
-            (Some(m), _) => m.forward(x),
-            (None, Some(r)) => r.forward(x),
-            (None, None) => unreachable!("a backbone has one architecture"),
+        match (&self.mobilenet_v2, &self.resnet, &self.dense) {
+            (Some(m), _, _) => m.forward(x),
+            (None, Some(r), _) => r.forward(x),
+            (None, None, Some(d)) => d.forward(x),
+            (None, None, None) => unreachable!("a backbone has one architecture"),
         }
     }
 
@@ -85,7 +95,8 @@ impl Backbone {
         let (names, layers) = match (&mut self.mobilenet_v2, &mut self.resnet) {
             (Some(m), _) => (m.param_names(), m.layers_mut()),
             (None, Some(r)) => (r.param_names(), r.layers_mut()),
-            (None, None) => unreachable!("a backbone has one architecture"),
+            // Pretrained weights exist only for the teachers' architectures.
+            (None, None) => unreachable!("only a teacher architecture loads weights"),
         };
         layers.into_iter().zip(names).map(|(l, (c, b))| (l, c, b)).collect()
     }

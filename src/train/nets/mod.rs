@@ -2,6 +2,7 @@
 //! (anomalib's `torch_model.py`).
 
 pub mod backbone;
+pub mod dense;
 pub mod layers;
 pub mod mobilenet_v2;
 pub mod resnet;

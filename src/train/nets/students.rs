@@ -122,6 +122,26 @@ impl Decoder {
     }
 }
 
+/// Se's architecture.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StudentE {
+    /// The teacher's own architecture, randomly initialised (the method as published).
+    #[default]
+    Teacher,
+    /// Dense 3x3 convolutions of about the same multiply-adds (`dense.rs`): faster in tract.
+    Dense,
+}
+
+impl StudentE {
+    pub fn name(self) -> &'static str {
+        match self {
+            StudentE::Teacher => "teacher",
+            StudentE::Dense => "dense",
+        }
+    }
+}
+
 /// Se, and for DSKD the DF embedding and Sd.
 #[derive(Module, Debug)]
 pub struct Students {
@@ -138,9 +158,17 @@ pub struct StudentFeatures {
 
 impl Students {
     pub fn new(arch: Arch, dual: bool, device: &Device) -> Self {
+        Self::with_se(arch, StudentE::Teacher, dual, device)
+    }
+
+    /// Students for a teacher of `arch`, with Se of the given architecture.
+    pub fn with_se(arch: Arch, se: StudentE, dual: bool, device: &Device) -> Self {
         let (channels, strides) = (arch.tap_channels(), arch.tap_strides());
         Self {
-            se: Backbone::new(arch, device),
+            se: match se {
+                StudentE::Teacher => Backbone::new(arch, device),
+                StudentE::Dense => Backbone::dense(arch, device),
+            },
             df: dual.then(|| DfEmbedding::new(&channels, &strides, device)),
             sd: dual.then(|| Decoder::new(&channels, device)),
         }
