@@ -582,25 +582,35 @@ mod tests {
     fn shards_sum_to_the_whole_batch_gradient() {
         // The batch [a, b, a, b] cut into [a, b] + [a, b]: each shard has the whole batch's
         // BatchNorm statistics (duplicates change neither mean nor variance), so the summed,
-        // share-weighted shard gradients must equal one pass's, up to float rounding (measured:
-        // 3e-5 of the gradient's norm, the same as [a, b] alone against [a, b, a, b]).
-        let device = Device::flex();
-        let spec = InputSpec::imagenet(64);
-        let s = samples(2, &spec, &device);
-        let ad = device.clone().autodiff();
-        let students = Students::new(Arch::MobileNetV2, true, &ad);
-        let ctx = StepContext { spec: &spec, device: &ad, se_sd_weight: 0.1 };
-        let whole = [&s[0], &s[1], &s[0], &s[1]];
-        let (one, one_loss) = batch_gradients(&students, &whole, 1, &ctx, true);
-        let (two, two_loss) = batch_gradients(&students, &whole, 2, &ctx, true);
-        let (one_loss, two_loss) = (one_loss.unwrap(), two_loss.unwrap());
-        assert!((one_loss - two_loss).abs() < 1e-5 * one_loss, "loss {one_loss} vs {two_loss}");
-        let (gap, params) = relative_gap(&students, &one, &two);
-        assert!(params > 50, "only {params} parameters had gradients");
-        assert!(gap < 1e-3, "sharded gradients are {gap:.2e} of the norm away from the whole batch's");
-        // The comparison can fail: a batch of other images ([a, b] + [b, b]) is far off.
-        let (other, _) = batch_gradients(&students, &[&s[0], &s[1], &s[1], &s[1]], 2, &ctx, false);
-        let (gap, _) = relative_gap(&students, &one, &other);
-        assert!(gap > 0.1, "other images gave nearly the same gradients ({gap:.2e})");
+        // share-weighted shard gradients equal one pass's in exact arithmetic. In floats a
+        // randomly initialised network amplifies rounding unevenly (BatchNorm over channels of
+        // near-zero variance): one pass over [a, b] already differs from one over [a, b, a, b]
+        // by 2e-5 to 1.5e-2 of the gradient norm, depending on the initialisation. So the
+        // sharded gradients must be as close to the whole batch's as that, and equal to the
+        // pass over [a, b] whose computation they repeat.
+        for seed in [1, 2] {
+            let device = Device::flex();
+            device.seed(seed);
+            let spec = InputSpec::imagenet(64);
+            let s = samples(2, &spec, &device);
+            let ad = device.clone().autodiff();
+            let students = Students::new(Arch::MobileNetV2, true, &ad);
+            let ctx = StepContext { spec: &spec, device: &ad, se_sd_weight: 0.1 };
+            let whole = [&s[0], &s[1], &s[0], &s[1]];
+            let (one, one_loss) = batch_gradients(&students, &whole, 1, &ctx, true);
+            let (two, two_loss) = batch_gradients(&students, &whole, 2, &ctx, true);
+            let (half, _) = batch_gradients(&students, &whole[..2], 1, &ctx, false);
+            let (one_loss, two_loss) = (one_loss.unwrap(), two_loss.unwrap());
+            assert!((one_loss - two_loss).abs() < 1e-5 * one_loss, "loss {one_loss} vs {two_loss}");
+            let (rounding, _) = relative_gap(&students, &one, &half);
+            let (gap, params) = relative_gap(&students, &one, &two);
+            assert!(params > 50, "only {params} parameters had gradients");
+            assert!(gap <= 1.5 * rounding + 1e-5, "shards {gap:.2e} from the whole batch (rounding: {rounding:.2e})");
+            assert!(relative_gap(&students, &half, &two).0 < 1e-5, "shards differ from the pass they repeat");
+            // The comparison can fail: a batch of other images ([a, b] + [b, b]) is far off.
+            let (other, _) = batch_gradients(&students, &[&s[0], &s[1], &s[1], &s[1]], 2, &ctx, false);
+            let (far, _) = relative_gap(&students, &one, &other);
+            assert!(far > 0.1 && far > 10.0 * rounding, "other images only {far:.2e} away (rounding {rounding:.2e})");
+        }
     }
 }
