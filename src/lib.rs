@@ -42,3 +42,42 @@ pub mod synth;
 #[cfg(feature = "train")]
 pub mod train;
 pub mod verify;
+
+/// An error and its causes on one line, as the binaries print it: like anyhow's `{:#}`, but a
+/// cause whose text the line already holds is left out. Our typed errors show their source
+/// in their own message (the daemon logs them with `Display`), so `{:#}` would say "No such
+/// file or directory" twice.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: {source}")]
+    struct Read {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn error_line_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let e = anyhow::Error::new(Read { path: "a.png".into(), source: io }).context("reading frames");
+        assert_eq!(format!("{e:#}"), "reading frames: a.png: No such file or directory: No such file or directory");
+        assert_eq!(error_line(&e), "reading frames: a.png: No such file or directory");
+        let plain = anyhow::anyhow!("disk full").context("writing x.jpg");
+        assert_eq!(error_line(&plain), "writing x.jpg: disk full");
+    }
+}

@@ -196,7 +196,7 @@ fn infer(bundle: &Path, int8: bool, heatmap: Option<&Path>, images: &[PathBuf]) 
     let mut failed = 0;
     for path in images {
         if let Err(e) = infer_one(&det, path, heatmap) {
-            eprintln!("dskd: {e:#}");
+            eprintln!("dskd: {}", dskd::error_line(&e));
             failed += 1;
         }
     }
@@ -213,7 +213,7 @@ fn bench(opts: &dskd::bench::BenchOptions, json: bool, no_reference: bool) -> Re
         match dskd::bench::reference(opts) {
             Ok(r) => Some(r),
             Err(e) => {
-                eprintln!("reference not run: {e:#}");
+                eprintln!("reference not run: {}", dskd::error_line(&e));
                 None
             }
         }
@@ -367,7 +367,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("dskd: {e:#}");
+            eprintln!("dskd: {}", dskd::error_line(&e));
             ExitCode::from(2)
         }
     }

@@ -252,7 +252,7 @@ fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("dskd-train: {e:#}");
+            eprintln!("dskd-train: {}", dskd::error_line(&e));
             ExitCode::from(2)
         }
     }
