@@ -261,6 +261,26 @@ fn resnet18_teacher_trains_and_exports_with_parity() {
     assert!(checks.iter().all(|c| c.precision != Precision::F32 || c.map_error <= 1e-3), "{checks:?}");
 }
 
+/// A 2-step run at 64 px of `opts` (the fixture's, with the option under test), written to
+/// `dir`: trained, exported, and its f32 graphs verified against the golden maps (≤ 1e-3).
+fn short_bundle(dir: &Path, opts: trainer::TrainOptions) -> (trainer::TrainOptions, dskd::bundle::Manifest) {
+    let opts = trainer::TrainOptions {
+        size: 64,
+        epochs: 1,
+        max_steps: Some(2),
+        out: dir.join("bundle"),
+        checkpoints: dir.join("ckpt"),
+        golden: 1,
+        calibration_images: 2,
+        ..opts
+    };
+    let trained = trainer::train(&opts).expect("training runs");
+    let m = bundle_writer::write_bundle(&trained, &opts).expect("bundle is written");
+    let checks = dskd::verify::verify(&opts.out).expect("bundle verifies");
+    assert!(checks.iter().all(|c| c.precision != Precision::F32 || c.map_error <= 1e-3), "{checks:?}");
+    (opts, m)
+}
+
 /// Per-image normalisation travels with the bundle: the manifest records it, the exported
 /// graphs reproduce the trainer's maps through it, the detector scores a frame and the same
 /// frame at another exposure alike, and a re-export that forgets the option is refused.
@@ -268,22 +288,9 @@ fn resnet18_teacher_trains_and_exports_with_parity() {
 fn per_image_normalisation_is_trained_exported_and_served() {
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
-    let opts = trainer::TrainOptions {
-        normalize: Normalize::PerImage,
-        size: 64,
-        epochs: 1,
-        max_steps: Some(2),
-        out: dir.path().join("bundle"),
-        checkpoints: dir.path().join("ckpt"),
-        golden: 1,
-        calibration_images: 2,
-        ..f.opts.clone()
-    };
-    let trained = trainer::train(&opts).expect("training runs");
-    let m = bundle_writer::write_bundle(&trained, &opts).expect("bundle is written");
+    let (opts, m) =
+        short_bundle(dir.path(), trainer::TrainOptions { normalize: Normalize::PerImage, ..f.opts.clone() });
     assert_eq!(m.input.normalize, Normalize::PerImage);
-    let checks = dskd::verify::verify(&opts.out).expect("bundle verifies");
-    assert!(checks.iter().all(|c| c.precision != Precision::F32 || c.map_error <= 1e-3), "{checks:?}");
 
     // The same scene brighter and with more gain: v -> 0.8 v + 30 (no clipping).
     let img = dskd::preprocess::load_image(&f.data.join("test/good/000.png")).unwrap().to_rgb8();
@@ -308,24 +315,10 @@ fn per_image_normalisation_is_trained_exported_and_served() {
 #[test]
 fn dense_student_e_trains_and_exports_with_parity() {
     use dskd::train::nets::students::StudentE;
-    let f = fixture();
     let dir = tempfile::tempdir().unwrap();
-    let opts = trainer::TrainOptions {
-        student_e: StudentE::Dense,
-        size: 64,
-        epochs: 1,
-        max_steps: Some(2),
-        out: dir.path().join("bundle"),
-        checkpoints: dir.path().join("ckpt"),
-        golden: 1,
-        calibration_images: 2,
-        ..f.opts.clone()
-    };
-    let trained = trainer::train(&opts).expect("training runs");
-    let m = bundle_writer::write_bundle(&trained, &opts).expect("bundle is written");
+    let (opts, m) =
+        short_bundle(dir.path(), trainer::TrainOptions { student_e: StudentE::Dense, ..fixture().opts.clone() });
     assert_eq!(m.bundle.training.get("student_e").map(String::as_str), Some("dense"));
-    let checks = dskd::verify::verify(&opts.out).expect("bundle verifies");
-    assert!(checks.iter().all(|c| c.precision != Precision::F32 || c.map_error <= 1e-3), "{checks:?}");
 
     let grouped = |file: &str| {
         use prost::Message;

@@ -134,8 +134,11 @@ fn load_plan(path: &Path, inputs: &[Vec<usize>], layout: Layout) -> Result<Plan,
     for (i, shape) in inputs.iter().enumerate() {
         model = model.with_input_fact(i, f32::fact(shape).into()).map_err(err)?;
     }
-    let mut model = model.into_typed().map_err(err)?.into_decluttered().map_err(err)?;
+    let mut model = model.into_typed().map_err(err)?;
+    // The rewrite runs on a decluttered graph; the default path leaves decluttering to
+    // `into_optimized` (which does it anyway), so loading costs what it did.
     if layout == Layout::ChannelsLast {
+        model = model.into_decluttered().map_err(err)?;
         let missing = || TractError::msg("this tract has no `conv_nhwc` transform");
         let t = tract_onnx::tract_core::transform::get_transform("conv_nhwc").map_err(err)?.ok_or_else(missing);
         t.map_err(err)?.transform(&mut model).map_err(err)?;

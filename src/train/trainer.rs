@@ -382,11 +382,8 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
     let (best_path, state_path) = (opts.checkpoints.join("best.bpk"), opts.checkpoints.join("state.json"));
     if opts.export_only {
         let state = read_state(&state_path, opts, "--export-only")?;
-        let students = load_students(
-            Students::with_se(opts.arch, opts.student_e, opts.dual, &device),
-            &best_path,
-            "--export-only",
-        )?;
+        let students =
+            load_students(Students::new(opts.arch, opts.student_e, opts.dual, &device), &best_path, "--export-only")?;
         tracing::info!(epoch = state.epoch, steps = state.steps, "exporting the kept checkpoint");
         return Ok(Trained {
             students,
@@ -411,7 +408,7 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
     let (train, val) = (features(&data.train)?, features(&data.val)?);
 
     let ad = device.clone().autodiff();
-    let mut students = Students::with_se(opts.arch, opts.student_e, opts.dual, &ad);
+    let mut students = Students::new(opts.arch, opts.student_e, opts.dual, &ad);
     let mut state = State {
         epoch: 0,
         steps: 0,
@@ -594,7 +591,7 @@ mod tests {
             let spec = InputSpec::imagenet(64);
             let s = samples(2, &spec, &device);
             let ad = device.clone().autodiff();
-            let students = Students::new(Arch::MobileNetV2, true, &ad);
+            let students = Students::new(Arch::MobileNetV2, StudentE::Teacher, true, &ad);
             let ctx = StepContext { spec: &spec, device: &ad, se_sd_weight: 0.1 };
             let whole = [&s[0], &s[1], &s[0], &s[1]];
             let (one, one_loss) = batch_gradients(&students, &whole, 1, &ctx, true);

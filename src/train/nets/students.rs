@@ -157,12 +157,8 @@ pub struct StudentFeatures {
 }
 
 impl Students {
-    pub fn new(arch: Arch, dual: bool, device: &Device) -> Self {
-        Self::with_se(arch, StudentE::Teacher, dual, device)
-    }
-
     /// Students for a teacher of `arch`, with Se of the given architecture.
-    pub fn with_se(arch: Arch, se: StudentE, dual: bool, device: &Device) -> Self {
+    pub fn new(arch: Arch, se: StudentE, dual: bool, device: &Device) -> Self {
         let (channels, strides) = (arch.tap_channels(), arch.tap_strides());
         Self {
             se: match se {
