@@ -9,6 +9,7 @@
 //!   *.int8.onnx           the same graphs with int8 QDQ weights and activations
 //!   golden/NN.png         golden images
 //!   golden/NN.map.f32     the trainer's anomaly map for each, little-endian f32 [H*W]
+//!   memory_bank.safetensors  optional: normal teacher features for the hybrid map
 //! ```
 //!
 //! The trainer does the heavy work; the daemon only hashes, loads and checks (`dskd verify`).
@@ -36,6 +37,9 @@ pub struct Manifest {
     pub teacher: Teacher,
     pub graphs: Graphs,
     pub map: MapSettings,
+    /// The hybrid map's memory bank of normal teacher features, when the bundle has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bank: Option<MemoryBankSpec>,
     pub calibration: Calibration,
     pub golden: Golden,
     /// sha256 (hex) of every file in the bundle except the manifest, by relative path.
@@ -85,6 +89,22 @@ pub struct GraphSet {
     pub teacher: String,
     pub student_e: String,
     pub student_d: Option<String>,
+}
+
+/// A memory bank of normal teacher features (`detector::memory_bank`). The bundle's map is
+/// then `students / students_divisor + knn / knn_divisor`: each divisor is its map's mean
+/// image score on the held-out normals, so both weigh alike whatever their units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryBankSpec {
+    /// safetensors file with one f32 tensor `bank` of `[rows, dims]`.
+    pub file: String,
+    /// Teacher levels (1-based) whose features are embedded.
+    pub levels: Vec<usize>,
+    pub rows: usize,
+    pub dims: usize,
+    pub students_divisor: f32,
+    pub knn_divisor: f32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,6 +217,7 @@ impl Bundle {
             names.push(s.image.clone());
             names.push(s.map.clone());
         }
+        names.extend(m.memory_bank.as_ref().map(|b| b.file.clone()));
         names
     }
 

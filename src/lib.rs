@@ -25,6 +25,7 @@
 pub mod backoff;
 pub mod bench;
 pub mod bundle;
+pub mod calibrate;
 pub mod config;
 pub mod dataset;
 pub mod detector;

@@ -118,6 +118,24 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Score with the ceiling diagnostic instead of the students: each position's distance
+        /// from the teacher's features to the nearest normal ones (a coreset of this split
+        /// file's `train` images; threshold from its `val` images).
+        #[arg(long, value_name = "SPLIT")]
+        knn: Option<PathBuf>,
+        /// Teacher levels the --knn features come from, 1-based, finest first.
+        #[arg(long, value_delimiter = ',', default_values_t = [2usize, 3])]
+        knn_levels: Vec<usize>,
+        /// --knn memory bank size (greedy coreset).
+        #[arg(long, default_value_t = 10_000)]
+        knn_bank: usize,
+        /// --knn training features the coreset is chosen from (random subset beyond).
+        #[arg(long, default_value_t = 100_000)]
+        knn_candidates: usize,
+        /// With --knn: add the students' map to the kNN map (each scaled by its mean score on
+        /// the split's val normals), the hybrid of both.
+        #[arg(long, requires = "knn")]
+        knn_fuse: bool,
     },
     /// Copy the images of a split file resized to the training size (same resize as the
     /// detector), with a new split.tsv: a training set small enough to carry to a GPU machine.
@@ -293,10 +311,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bench(&opts, json, no_reference)
         }
         Command::Cameras => cameras(),
-        Command::Eval { bundle, dataset, int8, out, quiet } => {
+        Command::Eval { bundle, dataset, int8, out, quiet, knn, knn_levels, knn_bank, knn_candidates, knn_fuse } => {
             let precision = if int8 { Precision::Int8 } else { Precision::F32 };
-            let opts = dskd::eval::EvalOptions { bundle, dataset, precision, progress: !quiet };
-            let report = dskd::eval::evaluate(&opts)?;
+            let knn = knn.map(|split| dskd::eval::knn::KnnOptions {
+                split,
+                levels: knn_levels,
+                bank: knn_bank,
+                candidates: knn_candidates,
+                seed: 42,
+                progress: !quiet,
+                fuse: knn_fuse,
+            });
+            let opts = dskd::eval::EvalOptions { bundle, dataset, precision, progress: !quiet, knn };
+            let (report, scorer) = dskd::eval::evaluate(&opts)?;
+            println!("scorer: {}", report.scorer);
             print!("{}", dskd::eval::table(&report));
             for r in &report.region_rules {
                 let pct = |v: Option<f64>| v.map(|v| format!("{:.1}%", 100.0 * v)).unwrap_or_else(|| "-".into());
@@ -318,7 +346,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 100.0 * report.target_false_alarm_rate
             );
             if let Some(out) = out {
-                for f in dskd::eval::write_outputs(&report, &out)? {
+                for f in dskd::eval::write_outputs(&report, scorer.as_ref(), &out)? {
                     println!("wrote {}", f.display());
                 }
             }

@@ -85,3 +85,50 @@ fn eval_names_a_dataset_without_test_images_and_a_split_naming_a_missing_file() 
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("split.tsv") && err.contains("good/missing.png"), "{err}");
 }
+
+/// `dskd eval --knn`: the nearest-neighbour ceiling on the demo bundle's teacher, bank from a
+/// split file's train images, threshold from its val images, through the same metrics.
+#[test]
+fn knn_ceiling_scores_a_synthetic_set_and_names_a_bad_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = data.to_str().unwrap();
+    let o = dskd(&["synth", "--out", out, "--seed", "11", "--train", "12", "--test-good", "10", "--test-defect", "4"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let split = data.join("split.tsv");
+    let lines: Vec<String> =
+        (0..12).map(|i| format!("{}\ttrain/good/{i:03}.png", if i < 9 { "train" } else { "val" })).collect();
+    std::fs::write(&split, lines.join("\n") + "\n").unwrap();
+    let report = dir.path().join("report");
+    let run = |levels: &str, fuse: bool| {
+        let mut args = vec!["eval", "--bundle", "models/demo", "--dataset", out, "--knn", split.to_str().unwrap()];
+        args.extend(["--knn-levels", levels, "--knn-bank", "500", "--out", report.to_str().unwrap(), "--quiet"]);
+        if fuse {
+            args.push("--knn-fuse");
+        }
+        dskd(&args)
+    };
+    let o = run("2,3", false);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("scorer: knn (teacher levels 2+3, bank 500)"), "{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap()).unwrap();
+    assert!(r["scorer"].as_str().unwrap().starts_with("knn"), "{}", r["scorer"]);
+    let overall = &r["overall"];
+    assert!(overall["image_auroc"].as_f64().unwrap() > 0.8, "{overall}");
+    assert!(overall["pixel_auroc"].as_f64().unwrap() > 0.8, "{overall}");
+
+    let o = run("1,2,3", true);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("scorer: knn (teacher levels 1+2+3, bank 500) + students"), "{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap()).unwrap();
+    assert!(r["overall"]["image_auroc"].as_f64().unwrap() > 0.8, "{}", r["overall"]);
+
+    let o = run("2,4", false);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("levels [2, 4]") && err.contains("1..=3"), "{err}");
+}

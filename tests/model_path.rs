@@ -67,6 +67,8 @@ fn fixture() -> &'static Fixture {
             student_e: Default::default(),
             se_sd_weight: 0.0,
             map: Default::default(),
+            memory_bank: 0,
+            memory_bank_levels: vec![2, 3],
             resume: false,
             time_budget_s: None,
             export_only: false,
@@ -240,6 +242,8 @@ fn resnet18_teacher_trains_and_exports_with_parity() {
         student_e: Default::default(),
         se_sd_weight: 0.0,
         map: Default::default(),
+        memory_bank: 0,
+        memory_bank_levels: vec![2, 3],
         resume: false,
         time_budget_s: None,
         export_only: false,
@@ -338,4 +342,34 @@ fn dense_student_e_trains_and_exports_with_parity() {
     let forgot = trainer::TrainOptions { export_only: true, student_e: StudentE::Teacher, ..opts.clone() };
     let err = trainer::train(&forgot).err().expect("a dense-Se checkpoint does not load as MobileNetV2");
     assert!(format!("{err:#}").contains("Se dense"), "{err:#}");
+}
+
+/// The EfficientNet-Lite0 teacher with its shipped weights: trains, exports with golden parity
+/// (burn and tract agree on TF's asymmetric padding), records its taps and the input
+/// normalisation its weights expect, and its graph pads stride-2 convolutions after only.
+#[test]
+fn efficientnet_lite0_teacher_trains_and_exports_with_parity() {
+    use dskd::train::nets::backbone::Arch;
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dskd::train::weights::find_shipped_teacher(Arch::EfficientNetLite0).unwrap();
+    let (opts, m) = short_bundle(
+        dir.path(),
+        trainer::TrainOptions { arch: Arch::EfficientNetLite0, teacher_weights: weights, ..fixture().opts.clone() },
+    );
+    assert_eq!(m.teacher.arch, "efficientnet_lite0");
+    assert_eq!(m.teacher.channels, vec![24, 40, 112]);
+    assert_eq!(m.teacher.taps, vec!["_blocks.2", "_blocks.4", "_blocks.10"]);
+    assert!((m.input.mean[0] - 127.0 / 255.0).abs() < 1e-6 && (m.input.std[0] - 128.0 / 255.0).abs() < 1e-6);
+
+    use prost::Message;
+    let bytes = std::fs::read(opts.out.join(&m.graphs.f32.teacher)).unwrap();
+    let graph = tract_onnx::pb::ModelProto::decode(bytes.as_slice()).unwrap().graph.unwrap();
+    let pads: Vec<Vec<i64>> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Conv")
+        .filter_map(|n| n.attribute.iter().find(|a| a.name == "pads").map(|a| a.ints.clone()))
+        .collect();
+    assert_eq!(pads[0], vec![0, 0, 1, 1], "the stem (3x3, stride 2) pads after only");
+    assert!(pads.contains(&vec![1, 1, 2, 2]), "a 5x5 stride-2 depthwise conv pads 1 before, 2 after");
 }

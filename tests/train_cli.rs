@@ -97,3 +97,52 @@ fn empty_data_folder_is_named() {
     let o = train(Path::new(WEIGHTS), &empty, &dir.path().join("out"));
     assert_fails(&o, &["empty", "no images found"]);
 }
+
+/// The trainer run from a folder other than the project root, with no --teacher-weights and no
+/// `DSKD_TEACHERS`, finds the shipped teacher (here: through the source tree it was built from)
+/// and trains.
+#[test]
+fn shipped_teacher_is_found_from_another_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = some_images(dir.path());
+    let o = Command::new(env!("CARGO_BIN_EXE_dskd-train"))
+        .current_dir(dir.path())
+        .env_remove("DSKD_TEACHERS")
+        .args(["--quiet", "--size", "64", "--max-steps", "1", "--no-bundle", "--data"])
+        .arg(&data)
+        .args(["--out", "out"])
+        .output()
+        .expect("dskd-train runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "stderr: {err}");
+    assert!(dir.path().join("out.checkpoints/best.bpk").is_file(), "no checkpoint; stderr: {err}");
+}
+
+/// `DSKD_TEACHERS` is the one place looked when set: a folder with the weights works, one
+/// without them fails naming where it looked and the flag that points elsewhere.
+#[test]
+fn teachers_folder_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = some_images(dir.path());
+    let run = |teachers: &Path, out: &str| {
+        Command::new(env!("CARGO_BIN_EXE_dskd-train"))
+            .current_dir(dir.path())
+            .env("DSKD_TEACHERS", teachers)
+            .args(["--quiet", "--size", "64", "--max-steps", "1", "--no-bundle", "--data"])
+            .arg(&data)
+            .args(["--out", out])
+            .output()
+            .expect("dskd-train runs")
+    };
+    let empty = dir.path().join("no-teachers");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = run(&empty, "a");
+    let looked = empty.join("mobilenet_v2/mobilenet_v2-imagenet-features.safetensors");
+    assert_fails(&o, &[&looked.display().to_string(), "--teacher-weights", "DSKD_TEACHERS"]);
+
+    let installed = dir.path().join("share/dskd/teachers");
+    std::fs::create_dir_all(installed.join("mobilenet_v2")).unwrap();
+    std::fs::copy(WEIGHTS, installed.join("mobilenet_v2/mobilenet_v2-imagenet-features.safetensors")).unwrap();
+    let o = run(&installed, "b");
+    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+}

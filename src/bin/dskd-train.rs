@@ -11,10 +11,7 @@ use dskd::detector::anomaly_map::{Fusion, MapSettings, ScoreMode};
 use dskd::preprocess::Normalize;
 use dskd::train::nets::backbone::Arch;
 use dskd::train::nets::students::StudentE;
-use dskd::train::{bundle_writer, trainer};
-
-/// The MIT-licensed MobileNetV2 weights shipped in the repository.
-const SHIPPED_TEACHER: &str = "models/teachers/mobilenet_v2/mobilenet_v2-imagenet-features.safetensors";
+use dskd::train::{bundle_writer, trainer, weights};
 
 /// Train the DSKD students (or the S-T baseline) and write a model bundle.
 #[derive(Parser, Debug)]
@@ -26,11 +23,13 @@ struct Args {
     /// Split file (`role<TAB>path`): `train` fits, `val` holds out, `test` is ignored.
     #[arg(long)]
     split: Option<PathBuf>,
-    /// Teacher architecture.
+    /// Teacher architecture (mobilenet_v2 and efficientnet_lite0 weights ship with dskd).
     #[arg(long, default_value = "mobilenet_v2", value_parser = Arch::NAMES)]
     teacher: String,
     /// Teacher weights in torchvision's key layout: `.safetensors`, or torchvision's `.pth`
-    /// [default for mobilenet_v2: the shipped models/teachers/mobilenet_v2 weights].
+    /// [default for mobilenet_v2 and efficientnet_lite0: the shipped weights, found in $DSKD_TEACHERS if set, else
+    /// beside the binary (teachers/, ../share/dskd/teachers/), /usr/local/share/dskd/teachers,
+    /// /usr/share/dskd/teachers, the source tree it was built from, ./models/teachers].
     #[arg(long)]
     teacher_weights: Option<PathBuf>,
     /// Output bundle directory.
@@ -87,6 +86,14 @@ struct Args {
     /// Image score: the map's max (0), or the mean of its K largest values.
     #[arg(long, default_value_t = 0)]
     score_top_k: usize,
+    /// Entries of a memory bank of normal teacher features whose nearest-neighbour distances
+    /// are added to the students' map (the hybrid map; 0 = none): a greedy coreset of the
+    /// training images' features, built at export (also with --export-only).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    memory_bank: usize,
+    /// Teacher levels (1-based, finest first) the memory bank's features come from.
+    #[arg(long, value_delimiter = ',', default_values_t = [2usize, 3])]
+    memory_bank_levels: Vec<usize>,
     /// Weight of the optional Se–Sd agreement term in the loss (0 = off).
     #[arg(long, default_value_t = 0.0)]
     se_sd_weight: f32,
@@ -154,7 +161,7 @@ fn default_shards(device: &str, batch: usize) -> usize {
 fn run(args: Args) -> Result<()> {
     let arch = Arch::parse(&args.teacher).expect("clap checked the name");
     if let Some(file) = &args.write_random_teacher {
-        let bytes = dskd::train::weights::random_teacher_safetensors(arch, args.seed);
+        let bytes = weights::random_teacher_safetensors(arch, args.seed);
         std::fs::write(file, bytes).with_context(|| format!("writing {}", file.display()))?;
         println!("random {} teacher weights (for timing only): {}", arch.name(), file.display());
         return Ok(());
@@ -162,7 +169,7 @@ fn run(args: Args) -> Result<()> {
     let out = args.out.context("give --out BUNDLE_DIR")?;
     let teacher_weights = match (args.teacher_weights, arch) {
         (Some(w), _) => w,
-        (None, Arch::MobileNetV2) => PathBuf::from(SHIPPED_TEACHER),
+        (None, arch) if weights::shipped_teacher_file(arch).is_some() => weights::find_shipped_teacher(arch)?,
         (None, _) => {
             bail!("--teacher {} needs --teacher-weights (torchvision layout, .safetensors or .pth)", args.teacher)
         }
@@ -199,6 +206,8 @@ fn run(args: Args) -> Result<()> {
         student_e: if args.student_e == "dense" { StudentE::Dense } else { StudentE::Teacher },
         se_sd_weight: args.se_sd_weight,
         map: MapSettings { fusion, sigma: args.sigma, score },
+        memory_bank: args.memory_bank,
+        memory_bank_levels: args.memory_bank_levels,
         resume: args.resume,
         time_budget_s: args.time_budget.map(|m| m * 60.0),
         export_only: args.export_only,

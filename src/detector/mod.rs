@@ -6,6 +6,7 @@
 //! built from the three sets of features by [`anomaly_map`].
 
 pub mod anomaly_map;
+pub mod memory_bank;
 pub mod profile;
 pub mod verdict;
 
@@ -20,6 +21,7 @@ use tract_onnx::prelude::*;
 use crate::bundle::{Bundle, BundleError, GraphSet, Manifest};
 use crate::preprocess;
 use anomaly_map::{FeatureMap, Map};
+use memory_bank::MemoryBank;
 use verdict::Verdict;
 
 /// Which graphs of a bundle to run.
@@ -52,6 +54,8 @@ pub enum DetectorError {
     NoInt8 { bundle: PathBuf },
     #[error("{graph}: output {index} has shape {found:?}, the manifest expects {expected:?}")]
     Shape { graph: String, index: usize, found: Vec<usize>, expected: [usize; 3] },
+    #[error(transparent)]
+    MemoryBank(#[from] memory_bank::MemoryBankError),
 }
 
 type Plan = Arc<TypedRunnableModel>;
@@ -103,6 +107,8 @@ pub struct Detector {
     teacher: Graph,
     student_e: Graph,
     student_d: Option<Graph>,
+    /// The hybrid map's bank and (students, kNN) divisors, when the bundle has one.
+    memory_bank: Option<(MemoryBank, f32, f32)>,
     levels: Vec<[usize; 3]>,
     /// Teacher on its own thread beside Se -> Sd (latency), or all on the caller's thread
     /// (throughput: one frame per core).
@@ -188,6 +194,7 @@ impl Detector {
             teacher: graph(&set.teacher, std::slice::from_ref(&image))?,
             student_e: graph(&set.student_e, std::slice::from_ref(&image))?,
             student_d: set.student_d.as_deref().map(|f| graph(f, &level_inputs)).transpose()?,
+            memory_bank: load_memory_bank(bundle)?,
             levels,
             parallel: true,
         })
@@ -242,6 +249,15 @@ impl Detector {
         Ok([teacher, e, d])
     }
 
+    /// The teacher's features alone, on the calling thread (the nearest-neighbour scorer of
+    /// `dskd eval --knn`).
+    pub fn teacher_features(&self, input: &[f32]) -> Result<Vec<FeatureMap>, DetectorError> {
+        let m = &self.manifest;
+        let shape = [1, 3, m.input.height as usize, m.input.width as usize];
+        let tensor = Tensor::from_shape(&shape, input).map_err(|e| self.teacher.error(e))?;
+        self.run(&self.teacher, tvec![tensor.into_tvalue()])
+    }
+
     /// Se, then Sd on Se's features (empty when the bundle is the S-T baseline).
     fn student_chain(
         &self,
@@ -289,8 +305,11 @@ impl Detector {
         let s = Instant::now();
         let students: Vec<&[FeatureMap]> = [&e[..], &d[..]].into_iter().filter(|s| !s.is_empty()).collect();
         let m = &self.manifest;
-        let map =
-            anomaly_map::anomaly_map(&teacher, &students, &m.map, m.input.height as usize, m.input.width as usize);
+        let (h, w) = (m.input.height as usize, m.input.width as usize);
+        let mut map = anomaly_map::anomaly_map(&teacher, &students, &m.map, h, w);
+        if let Some((bank, students_divisor, knn_divisor)) = &self.memory_bank {
+            map = fuse_memory_bank(map, &bank.map(&teacher, h, w, m.map.sigma), *students_divisor, *knn_divisor);
+        }
         let score = anomaly_map::score(&map, m.map.score);
         t.map_ms = ms(s);
         Ok((map, score))
@@ -330,6 +349,20 @@ impl Detector {
         timings.total_ms = ms(start);
         Ok(Inspection { map, verdict, timings })
     }
+}
+
+/// The bundle's memory bank with its divisors, checked against the manifest.
+fn load_memory_bank(bundle: &Bundle) -> Result<Option<(MemoryBank, f32, f32)>, DetectorError> {
+    let Some(spec) = &bundle.manifest.memory_bank else { return Ok(None) };
+    MemoryBank::check_levels(&spec.levels, bundle.manifest.teacher.channels.len())?;
+    let bank = MemoryBank::read(&bundle.path(&spec.file), spec.levels.clone(), spec.rows, spec.dims)?;
+    Ok(Some((bank, spec.students_divisor, spec.knn_divisor)))
+}
+
+/// The hybrid map: `students / students_divisor + knn / knn_divisor`.
+pub fn fuse_memory_bank(students: Map, knn: &Map, students_divisor: f32, knn_divisor: f32) -> Map {
+    let data = students.data.iter().zip(&knn.data).map(|(s, k)| s / students_divisor + k / knn_divisor).collect();
+    Map { data, ..students }
 }
 
 fn is_zero(v: &f64) -> bool {

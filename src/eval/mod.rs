@@ -6,6 +6,7 @@
 //! kept at source size for region metrics. Then [`metrics`] overall and per defect type.
 
 pub mod data;
+pub mod knn;
 pub mod metrics;
 pub mod plots;
 
@@ -19,7 +20,7 @@ use serde::Serialize;
 use crate::bundle::Bundle;
 use crate::detector::anomaly_map::Map;
 use crate::detector::verdict::{self, Region};
-use crate::detector::{Detector, DetectorError, Precision};
+use crate::detector::{Detector, DetectorError, Inspection, Precision};
 use crate::preprocess::{self, PreprocessError};
 use data::{EvalDataError, TestImage};
 use metrics::ProAccumulator;
@@ -88,6 +89,8 @@ pub struct RegionRule {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub bundle: PathBuf,
+    /// "students" (the bundle's detector), or the nearest-neighbour ceiling's settings.
+    pub scorer: String,
     pub dataset: PathBuf,
     pub precision: Precision,
     pub threshold: f32,
@@ -143,8 +146,26 @@ fn box_area_share(regions: &[Region], w: u32, h: u32) -> f64 {
     regions.iter().map(|r| r.bbox[2] as f64 * r.bbox[3] as f64).sum::<f64>().min((w * h) as f64) / (w * h) as f64
 }
 
+/// What scores images for `dskd eval`: the bundle's detector (the daemon's path), or the
+/// nearest-neighbour ceiling on its teacher ([`knn`]).
+pub trait Inspect {
+    fn inspect(&self, img: &image::DynamicImage) -> Result<Inspection, DetectorError>;
+    /// (image, pixel) thresholds the verdicts use.
+    fn thresholds(&self) -> (f32, f32);
+}
+
+impl Inspect for Detector {
+    fn inspect(&self, img: &image::DynamicImage) -> Result<Inspection, DetectorError> {
+        Detector::inspect(self, img)
+    }
+
+    fn thresholds(&self) -> (f32, f32) {
+        Detector::thresholds(self)
+    }
+}
+
 /// Runs one image through the detector.
-fn evaluate_one(det: &Detector, t: &TestImage) -> Result<(ImageResult, Kept), EvalError> {
+fn evaluate_one(det: &dyn Inspect, t: &TestImage) -> Result<(ImageResult, Kept), EvalError> {
     let img = preprocess::load_image(&t.image)?;
     let (iw, ih) = (img.width(), img.height());
     let mask = t.mask.as_deref().map(|m| read_mask(t, m, iw, ih)).transpose()?;
@@ -254,22 +275,29 @@ pub struct EvalOptions {
     pub dataset: PathBuf,
     pub precision: Precision,
     pub progress: bool,
+    /// Score with the nearest-neighbour ceiling on the bundle's teacher instead of its students.
+    pub knn: Option<knn::KnnOptions>,
 }
 
-/// Evaluates a bundle on a dataset.
-pub fn evaluate(opts: &EvalOptions) -> anyhow::Result<Report> {
+/// Evaluates a bundle on a dataset; returns the report and the scorer that made it (for the
+/// overlays of [`write_outputs`]).
+pub fn evaluate(opts: &EvalOptions) -> anyhow::Result<(Report, Box<dyn Inspect>)> {
     use anyhow::Context;
-    let started = Instant::now();
     let bundle = Bundle::open(&opts.bundle).with_context(|| format!("opening bundle {}", opts.bundle.display()))?;
     if opts.precision == Precision::Int8 && bundle.manifest.graphs.int8.is_none() {
         anyhow::bail!("{}: the bundle has no int8 graphs (see its manifest's training.int8)", opts.bundle.display());
     }
-    let det = Detector::load(&bundle, opts.precision)?;
+    let (det, scorer): (Box<dyn Inspect>, String) = match &opts.knn {
+        None => (Box::new(Detector::load(&bundle, opts.precision)?), "students".into()),
+        Some(k) => (Box::new(knn::KnnScorer::fit(&bundle, k)?), k.describe()),
+    };
     let tests = data::load(&opts.dataset)?;
+    // From here: the time to score images (loading plans or fitting a kNN bank excluded).
+    let started = Instant::now();
     let bar = crate::progress::progress_bar(tests.len() as u64, "eval", opts.progress);
     let (mut results, mut kept) = (Vec::with_capacity(tests.len()), Vec::with_capacity(tests.len()));
     for t in &tests {
-        let (r, k) = evaluate_one(&det, t)?;
+        let (r, k) = evaluate_one(det.as_ref(), t)?;
         results.push(r);
         kept.push(k);
         bar.inc(1);
@@ -289,6 +317,7 @@ pub fn evaluate(opts: &EvalOptions) -> anyhow::Result<Report> {
     let wall_s = started.elapsed().as_secs_f64();
     let report = Report {
         bundle: opts.bundle.clone(),
+        scorer,
         dataset: opts.dataset.clone(),
         precision: opts.precision,
         threshold,
@@ -301,7 +330,7 @@ pub fn evaluate(opts: &EvalOptions) -> anyhow::Result<Report> {
         images: results,
         wall_s,
     };
-    Ok(report)
+    Ok((report, det))
 }
 
 /// The terminal table: one row per defect type and one for all.
@@ -343,7 +372,7 @@ pub fn table(r: &Report) -> String {
 }
 
 /// Writes `report.json`, `scores.csv`, `roc.png`, `histogram.png` and `hardest.png` into `out`.
-pub fn write_outputs(report: &Report, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub fn write_outputs(report: &Report, scorer: &dyn Inspect, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
     use anyhow::Context;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let path = |name: &str| out.join(name);
@@ -386,7 +415,7 @@ pub fn write_outputs(report: &Report, out: &Path) -> anyhow::Result<Vec<PathBuf>
     )
     .map_err(plot_err(&hist))?;
     let sheet = path("hardest.png");
-    hardest_sheet(report, &normal, &defective, &sheet)?;
+    hardest_sheet(report, scorer, &normal, &defective, &sheet)?;
     Ok(vec![json, csv, roc, hist, sheet])
 }
 
@@ -400,12 +429,11 @@ fn curve(label: &str, images: &[ImageResult], auroc: Option<f64>) -> plots::Curv
 /// Overlays of the 6 highest-scored normals and the 6 lowest-scored defects.
 fn hardest_sheet(
     report: &Report,
+    det: &dyn Inspect,
     normal: &[&ImageResult],
     defective: &[&ImageResult],
     out: &Path,
 ) -> anyhow::Result<()> {
-    let bundle = Bundle::open(&report.bundle)?;
-    let det = Detector::load(&bundle, report.precision)?;
     let mut worst_normal = normal.to_vec();
     worst_normal.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut hidden = defective.to_vec();

@@ -10,14 +10,17 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use super::calibrate::calibrate;
 use super::export::{self, INPUT, LEVELS};
 use super::onnx::OnnxGraph;
 use super::quantize;
 use super::trainer::{TrainOptions, Trained, burn_features, load_inputs, progress_bar};
-use crate::bundle::{self, Bundle, Calibration, GoldenSample, GraphSet, Graphs, Info, Manifest, Teacher};
+use crate::bundle::{
+    self, Bundle, Calibration, GoldenSample, GraphSet, Graphs, Info, Manifest, MemoryBankSpec, Teacher,
+};
+use crate::calibrate::calibrate;
 use crate::detector::anomaly_map::{self, FeatureMap};
-use crate::detector::{Detector, Precision, Probe, Timings};
+use crate::detector::memory_bank::{Candidates, MemoryBank};
+use crate::detector::{Detector, Precision, Probe, Timings, fuse_memory_bank, level_shapes};
 use crate::preprocess;
 use crate::verify::check_golden;
 
@@ -110,6 +113,7 @@ fn draft_manifest(t: &Trained, opts: &TrainOptions, f32_set: GraphSet) -> Result
             int8: None,
         },
         map: opts.map.clone(),
+        memory_bank: None,
         calibration: Calibration {
             threshold: f32::INFINITY,
             target_false_alarm_rate: opts.false_alarm_rate,
@@ -135,6 +139,14 @@ fn draft_manifest(t: &Trained, opts: &TrainOptions, f32_set: GraphSet) -> Result
 fn write_golden(dir: &Path, t: &Trained, opts: &TrainOptions, m: &mut Manifest) -> Result<f32> {
     std::fs::create_dir_all(dir.join("golden"))?;
     let device = opts.device.clone();
+    let bank = match &m.memory_bank {
+        Some(b) => Some((
+            MemoryBank::read(&dir.join(&b.file), b.levels.clone(), b.rows, b.dims)?,
+            b.students_divisor,
+            b.knn_divisor,
+        )),
+        None => None,
+    };
     for (i, path) in t.data.val.iter().take(opts.golden.max(1)).enumerate() {
         let img = preprocess::load_image(path)?;
         let rgb = preprocess::resize_rgb(&img, &t.spec);
@@ -142,7 +154,10 @@ fn write_golden(dir: &Path, t: &Trained, opts: &TrainOptions, m: &mut Manifest) 
         let [teacher, e, d] = burn_features(t, &input, &device);
         let students: Vec<&[FeatureMap]> = [&e[..], &d[..]].into_iter().filter(|s| !s.is_empty()).collect();
         let (h, w) = (t.spec.height as usize, t.spec.width as usize);
-        let map = anomaly_map::anomaly_map(&teacher, &students, &m.map, h, w);
+        let mut map = anomaly_map::anomaly_map(&teacher, &students, &m.map, h, w);
+        if let Some((bank, s, k)) = &bank {
+            map = fuse_memory_bank(map, &bank.map(&teacher, h, w, m.map.sigma), *s, *k);
+        }
         let sample = GoldenSample {
             image: format!("golden/{i:02}.png"),
             map: format!("golden/{i:02}.map.f32"),
@@ -161,6 +176,49 @@ fn write_golden(dir: &Path, t: &Trained, opts: &TrainOptions, m: &mut Manifest) 
         );
     }
     Ok(worst)
+}
+
+/// Training features the memory bank's coreset is chosen from (a random share of every
+/// training image's positions beyond this).
+const BANK_CANDIDATES: usize = 100_000;
+/// Bank file name inside the bundle.
+const BANK_FILE: &str = "memory_bank.safetensors";
+
+/// The hybrid map's memory bank: a coreset of the training images' teacher features (through
+/// tract's f32 teacher, as the daemon computes them), written to the bundle, and the divisors
+/// that make the students' and the kNN maps weigh alike: each map's mean score on the
+/// held-out normals.
+fn write_memory_bank(dir: &Path, t: &Trained, opts: &TrainOptions, m: &Manifest) -> Result<MemoryBankSpec> {
+    let levels = opts.memory_bank_levels.clone();
+    MemoryBank::check_levels(&levels, m.teacher.channels.len())?;
+    let detector = Detector::load(&Bundle { dir: dir.to_owned(), manifest: m.clone() }, Precision::F32)?;
+    let positions = levels.iter().map(|&l| level_shapes(m)[l - 1]).map(|[_, h, w]| h * w).max().unwrap_or(1);
+    let mut candidates = Candidates::new(&levels, t.data.train.len(), positions, BANK_CANDIDATES, opts.seed);
+    let bar = progress_bar(t.data.train.len() as u64, "memory bank", opts.progress);
+    for path in &t.data.train {
+        let input = preprocess::to_tensor(&preprocess::load_image(path)?, &t.spec);
+        candidates.add(&detector.teacher_features(&input)?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let bank = candidates.into_bank(opts.memory_bank, opts.progress);
+    bank.write(&dir.join(BANK_FILE))?;
+    let (h, w) = (t.spec.height as usize, t.spec.width as usize);
+    let (mut students, mut knn) = (0.0f32, 0.0f32);
+    for path in &t.data.val {
+        let input = preprocess::to_tensor(&preprocess::load_image(path)?, &t.spec);
+        students += detector.map(&input, &mut Timings::default())?.1;
+        knn += anomaly_map::score(&bank.map(&detector.teacher_features(&input)?, h, w, m.map.sigma), m.map.score);
+    }
+    let n = t.data.val.len().max(1) as f32;
+    Ok(MemoryBankSpec {
+        file: BANK_FILE.into(),
+        levels,
+        rows: bank.rows(),
+        dims: bank.dims(),
+        students_divisor: (students / n).max(1e-9),
+        knn_divisor: (knn / n).max(1e-9),
+    })
 }
 
 /// Calibration from the held-out normals' scores and map pixels, through tract at `precision`;
@@ -299,6 +357,9 @@ pub fn write_bundle(t: &Trained, opts: &TrainOptions) -> Result<Manifest> {
     let graphs = export(t, opts);
     let f32_set = write_graphs(dir, &graphs, "")?;
     let mut m = draft_manifest(t, opts, f32_set)?;
+    if opts.memory_bank > 0 {
+        m.memory_bank = Some(write_memory_bank(dir, t, opts, &m)?);
+    }
     let f32_error = write_golden(dir, t, opts, &mut m)?;
     let (calibration, f32_scores) = calibrate_threshold(dir, t, opts, &m, Precision::F32)?;
     m.calibration = calibration;

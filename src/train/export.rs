@@ -14,7 +14,7 @@ use burn::prelude::*;
 use super::nets::backbone::Backbone;
 use super::nets::dense::DenseEncoder;
 use super::nets::layers::{Act, ConvBn, ResBlock};
-use super::nets::mobilenet_v2::MobileNetV2;
+use super::nets::mobilenet_v2::InvertedResidual;
 use super::nets::resnet::ResNet;
 use super::nets::students::{Decoder, DfEmbedding, Students};
 use super::onnx::OnnxGraph;
@@ -58,18 +58,25 @@ fn conv_bn(g: &mut OnnxGraph, x: String, l: &ConvBn) -> String {
         chunk.iter_mut().for_each(|v| *v *= scale[oc]);
     }
     let bias = (0..dims[0]).map(|oc| shift[oc] + conv_bias[oc] * scale[oc]).collect();
-    let y = g.conv(x, w, dims, bias, l.conv.stride[0], l.conv.groups);
+    let y = g.conv(x, w, dims, bias, l.conv.stride[0], l.conv.groups, l.pads());
     activation(g, y, l.act)
 }
 
-fn mobilenet(g: &mut OnnxGraph, x: String, net: &MobileNetV2) -> Vec<String> {
-    use super::nets::mobilenet_v2::TAPS;
-    let mut x = conv_bn(g, x, &net.stem);
+/// A stem and inverted residual blocks, tapped after the blocks whose (0-based) index
+/// `is_tap` accepts: MobileNetV2 and EfficientNet-Lite.
+fn inverted_residual_net(
+    g: &mut OnnxGraph,
+    x: String,
+    stem: &ConvBn,
+    blocks: &[InvertedResidual],
+    is_tap: impl Fn(usize) -> bool,
+) -> Vec<String> {
+    let mut x = conv_bn(g, x, stem);
     let mut taps = Vec::new();
-    for (i, block) in net.blocks.iter().enumerate() {
+    for (i, block) in blocks.iter().enumerate() {
         let y = block.layers.iter().fold(x.clone(), |y, l| conv_bn(g, y, l));
         x = if block.residual { g.add(y, x) } else { y };
-        if TAPS.contains(&(i + 1)) {
+        if is_tap(i) {
             taps.push(x.clone());
         }
     }
@@ -134,7 +141,7 @@ fn decoder(g: &mut OnnxGraph, bottleneck: String, sd: &Decoder) -> Vec<String> {
         let h = conv_bn(g, up, &b.refine);
         let hd: [usize; 4] = b.head.weight.val().dims();
         let head_bias = b.head.bias.as_ref().map(|b| values(b.val())).unwrap_or_else(|| vec![0.0; hd[0]]);
-        outs.push(g.conv(h.clone(), values(b.head.weight.val()), hd, head_bias, 1, 1));
+        outs.push(g.conv(h.clone(), values(b.head.weight.val()), hd, head_bias, 1, 1, [0; 4]));
         x = h;
     }
     outs.reverse();
@@ -163,11 +170,19 @@ pub fn backbone_graph(
 ) -> OnnxGraph {
     let mut g = OnnxGraph::new(name);
     g.inputs.push((INPUT.into(), vec![1, 3, spec.height as usize, spec.width as usize]));
-    let taps = match (&net.mobilenet_v2, &net.resnet, &net.dense) {
-        (Some(m), _, _) => mobilenet(&mut g, INPUT.into(), m),
-        (None, Some(r), _) => resnet(&mut g, INPUT.into(), r),
-        (None, None, Some(d)) => dense(&mut g, INPUT.into(), d),
-        (None, None, None) => unreachable!("a backbone has one architecture"),
+    let x = INPUT.to_string();
+    let taps = if let Some(m) = &net.mobilenet_v2 {
+        use super::nets::mobilenet_v2::TAPS;
+        inverted_residual_net(&mut g, x, &m.stem, &m.blocks, |i| TAPS.contains(&(i + 1)))
+    } else if let Some(e) = &net.efficientnet_lite {
+        use super::nets::efficientnet_lite::TAPS;
+        inverted_residual_net(&mut g, x, &e.stem, &e.blocks, |i| TAPS.contains(&i))
+    } else if let Some(r) = &net.resnet {
+        resnet(&mut g, x, r)
+    } else if let Some(d) = &net.dense {
+        dense(&mut g, x, d)
+    } else {
+        unreachable!("a backbone has one architecture")
     };
     set_outputs(&mut g, taps, &level_shapes(spec, channels, strides));
     g

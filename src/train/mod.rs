@@ -6,11 +6,10 @@
 //! - [`data`]: good images from a folder or a split file;
 //! - [`trainer`]: glue: the training loop, checkpoints, the kept model;
 //! - [`export`] + [`onnx`]: modules to ONNX with our own writer; [`quantize`]: int8 QDQ;
-//! - [`calibrate`]: the threshold from held-out normals; [`bundle_writer`]: the bundle on disk,
-//!   checked against tract before it is written.
+//! - [`bundle_writer`]: the bundle on disk, checked against tract before it is written, with
+//!   the threshold from held-out normals ([`crate::calibrate`]).
 
 pub mod bundle_writer;
-pub mod calibrate;
 pub mod data;
 pub mod export;
 pub mod loss;

@@ -78,6 +78,8 @@ impl OnnxGraph {
     }
 
     /// A convolution `[cout, cin/groups, k, k]` with bias, symmetric padding `k/2`.
+    /// A convolution `[cout, cin/groups, k, k]` with (top, left, bottom, right) padding.
+    #[allow(clippy::too_many_arguments)]
     pub fn conv(
         &mut self,
         x: String,
@@ -86,9 +88,9 @@ impl OnnxGraph {
         bias: Vec<f32>,
         stride: usize,
         groups: usize,
+        pads: [usize; 4],
     ) -> String {
         let k = dims[2] as i64;
-        let p = k / 2;
         let w = self.add_initializer("w", dims.to_vec(), Data::F32(w));
         let b = self.add_initializer("b", vec![dims[0]], Data::F32(bias));
         self.add_node(
@@ -97,7 +99,7 @@ impl OnnxGraph {
             vec![
                 ("kernel_shape", Attr::Ints(vec![k, k])),
                 ("strides", Attr::Ints(vec![stride as i64; 2])),
-                ("pads", Attr::Ints(vec![p; 4])),
+                ("pads", Attr::Ints(pads.iter().map(|&p| p as i64).collect())),
                 ("group", Attr::Int(groups as i64)),
                 ("dilations", Attr::Ints(vec![1, 1])),
             ],

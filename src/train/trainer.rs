@@ -60,6 +60,10 @@ pub struct TrainOptions {
     pub se_sd_weight: f32,
     /// How maps are fused, blurred and scored (stored in the bundle).
     pub map: MapSettings,
+    /// Entries of the hybrid map's memory bank of normal teacher features (0 = none), and
+    /// the teacher levels (1-based) they come from.
+    pub memory_bank: usize,
+    pub memory_bank_levels: Vec<usize>,
     pub resume: bool,
     /// Stop fitting once the next epoch would end after this many seconds (the bundle is still
     /// written from the best checkpoint so far).
@@ -366,7 +370,8 @@ const LOSS_EVERY: usize = 10;
 /// With `export_only`, loads the kept model from the checkpoints instead.
 pub fn train(opts: &TrainOptions) -> Result<Trained> {
     let started = Instant::now();
-    let spec = InputSpec::imagenet(opts.size).with_normalize(opts.normalize);
+    let (mean, std) = opts.arch.input_stats();
+    let spec = InputSpec { mean, std, ..InputSpec::imagenet(opts.size) }.with_normalize(opts.normalize);
     spec.validate()?;
     let device = opts.device.clone();
     device.seed(opts.seed);

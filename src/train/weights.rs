@@ -27,6 +27,56 @@ pub enum WeightsError {
     Shape { path: PathBuf, key: String, found: Vec<usize>, expected: Vec<usize> },
     #[error("{path}: key `{key}` has dtype {dtype}, expected F32")]
     Dtype { path: PathBuf, key: String, dtype: String },
+    #[error(
+        "the shipped {arch} teacher weights ({file}) are in none of: {}; give --teacher-weights FILE, or set \
+         {TEACHERS_ENV}=DIR to a folder holding {file}",
+        looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    ShippedMissing { arch: &'static str, file: String, looked: Vec<PathBuf> },
+}
+
+/// Environment variable naming the one folder to look in for the shipped teacher weights.
+pub const TEACHERS_ENV: &str = "DSKD_TEACHERS";
+
+/// The shipped weights of `arch`, relative to a teachers folder (`models/teachers` in the
+/// repository, `share/dskd/teachers` when installed); `None` for architectures without them.
+pub fn shipped_teacher_file(arch: Arch) -> Option<&'static str> {
+    match arch {
+        Arch::MobileNetV2 => Some("mobilenet_v2/mobilenet_v2-imagenet-features.safetensors"),
+        Arch::EfficientNetLite0 => Some("efficientnet_lite0/efficientnet_lite0-imagenet-features.safetensors"),
+        Arch::ResNet18 | Arch::ResNet34 => None,
+    }
+}
+
+/// The teachers folders looked in, in order. `$DSKD_TEACHERS` alone when set (an explicit
+/// choice should not silently fall back to other weights); otherwise beside the binary, the
+/// install prefixes, the source tree the binary was built from, and the working directory, so
+/// an installed or copied trainer finds its default teacher wherever it runs.
+pub fn teacher_dirs() -> Vec<PathBuf> {
+    if let Some(dir) = std::env::var_os(TEACHERS_ENV) {
+        return vec![PathBuf::from(dir)];
+    }
+    let mut dirs = Vec::new();
+    if let Some(bin) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_owned)) {
+        dirs.push(bin.join("teachers"));
+        dirs.push(bin.join("../share/dskd/teachers"));
+    }
+    dirs.push(PathBuf::from("/usr/local/share/dskd/teachers"));
+    dirs.push(PathBuf::from("/usr/share/dskd/teachers"));
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/teachers"));
+    dirs.push(PathBuf::from("models/teachers"));
+    dirs
+}
+
+/// Finds the shipped weights of `arch` (see [`teacher_dirs`]); the error lists every place
+/// looked and the flag that points elsewhere.
+pub fn find_shipped_teacher(arch: Arch) -> Result<PathBuf, WeightsError> {
+    let file = shipped_teacher_file(arch).expect("only called for architectures with shipped weights");
+    let looked: Vec<PathBuf> = teacher_dirs().into_iter().map(|d| d.join(file)).collect();
+    match looked.iter().find(|p| p.is_file()) {
+        Some(found) => Ok(found.clone()),
+        None => Err(WeightsError::ShippedMissing { arch: arch.name(), file: file.to_string(), looked }),
+    }
 }
 
 /// The tensors of one weights file.

@@ -4,6 +4,7 @@
 use burn::prelude::*;
 
 use super::dense::DenseEncoder;
+use super::efficientnet_lite::{self, EfficientNetLite};
 use super::layers::ConvBn;
 use super::mobilenet_v2::{self, MobileNetV2};
 use super::resnet::{self, ResNet};
@@ -11,16 +12,18 @@ use super::resnet::{self, ResNet};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
     MobileNetV2,
+    EfficientNetLite0,
     ResNet18,
     ResNet34,
 }
 
 impl Arch {
-    pub const NAMES: [&'static str; 3] = ["mobilenet_v2", "resnet18", "resnet34"];
+    pub const NAMES: [&'static str; 4] = ["mobilenet_v2", "efficientnet_lite0", "resnet18", "resnet34"];
 
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "mobilenet_v2" => Some(Arch::MobileNetV2),
+            "efficientnet_lite0" => Some(Arch::EfficientNetLite0),
             "resnet18" => Some(Arch::ResNet18),
             "resnet34" => Some(Arch::ResNet34),
             _ => None,
@@ -30,6 +33,7 @@ impl Arch {
     pub fn name(self) -> &'static str {
         match self {
             Arch::MobileNetV2 => "mobilenet_v2",
+            Arch::EfficientNetLite0 => "efficientnet_lite0",
             Arch::ResNet18 => "resnet18",
             Arch::ResNet34 => "resnet34",
         }
@@ -38,6 +42,7 @@ impl Arch {
     pub fn tap_channels(self) -> [usize; 3] {
         match self {
             Arch::MobileNetV2 => mobilenet_v2::TAP_CHANNELS,
+            Arch::EfficientNetLite0 => efficientnet_lite::TAP_CHANNELS,
             Arch::ResNet18 | Arch::ResNet34 => resnet::TAP_CHANNELS,
         }
     }
@@ -47,10 +52,21 @@ impl Arch {
         [4, 8, 16]
     }
 
+    /// Per-channel (mean, std) of RGB in [0, 1] the pretrained weights expect (fixed
+    /// normalisation): ImageNet's statistics for torchvision's models, TF's `(x - 0.5) / 0.5`
+    /// for EfficientNet-Lite.
+    pub fn input_stats(self) -> ([f32; 3], [f32; 3]) {
+        match self {
+            Arch::EfficientNetLite0 => (efficientnet_lite::MEAN, efficientnet_lite::STD),
+            _ => (crate::preprocess::IMAGENET_MEAN, crate::preprocess::IMAGENET_STD),
+        }
+    }
+
     /// Module names of the taps, for the manifest.
     pub fn tap_names(self) -> Vec<String> {
         match self {
             Arch::MobileNetV2 => mobilenet_v2::TAPS.iter().map(|i| format!("features.{i}")).collect(),
+            Arch::EfficientNetLite0 => efficientnet_lite::TAPS.iter().map(|i| format!("_blocks.{i}")).collect(),
             Arch::ResNet18 | Arch::ResNet34 => (1..=3).map(|i| format!("layer{i}")).collect(),
         }
     }
@@ -60,6 +76,7 @@ impl Arch {
 #[derive(Module, Debug)]
 pub struct Backbone {
     pub mobilenet_v2: Option<MobileNetV2>,
+    pub efficientnet_lite: Option<EfficientNetLite>,
     pub resnet: Option<ResNet>,
     /// Only ever a student (no pretrained weights exist for it).
     pub dense: Option<DenseEncoder>,
@@ -67,36 +84,48 @@ pub struct Backbone {
 
 impl Backbone {
     pub fn new(arch: Arch, device: &Device) -> Self {
-        let (mobilenet_v2, resnet) = match arch {
-            Arch::MobileNetV2 => (Some(MobileNetV2::new(device)), None),
-            Arch::ResNet18 => (None, Some(ResNet::new([2, 2, 2], device))),
-            Arch::ResNet34 => (None, Some(ResNet::new([3, 4, 6], device))),
-        };
-        Self { mobilenet_v2, resnet, dense: None }
+        let mut b = Self { mobilenet_v2: None, efficientnet_lite: None, resnet: None, dense: None };
+        match arch {
+            Arch::MobileNetV2 => b.mobilenet_v2 = Some(MobileNetV2::new(device)),
+            Arch::EfficientNetLite0 => b.efficientnet_lite = Some(EfficientNetLite::new(device)),
+            Arch::ResNet18 => b.resnet = Some(ResNet::new([2, 2, 2], device)),
+            Arch::ResNet34 => b.resnet = Some(ResNet::new([3, 4, 6], device)),
+        }
+        b
     }
 
     /// The dense-convolution encoder with taps as wide as `arch`'s (a student only).
     pub fn dense(arch: Arch, device: &Device) -> Self {
-        Self { mobilenet_v2: None, resnet: None, dense: Some(DenseEncoder::new(arch.tap_channels(), device)) }
+        let dense = Some(DenseEncoder::new(arch.tap_channels(), device));
+        Self { mobilenet_v2: None, efficientnet_lite: None, resnet: None, dense }
     }
 
     /// The three tap outputs.
     pub fn forward(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
-        match (&self.mobilenet_v2, &self.resnet, &self.dense) {
-            (Some(m), _, _) => m.forward(x),
-            (None, Some(r), _) => r.forward(x),
-            (None, None, Some(d)) => d.forward(x),
-            (None, None, None) => unreachable!("a backbone has one architecture"),
+        if let Some(m) = &self.mobilenet_v2 {
+            m.forward(x)
+        } else if let Some(e) = &self.efficientnet_lite {
+            e.forward(x)
+        } else if let Some(r) = &self.resnet {
+            r.forward(x)
+        } else if let Some(d) = &self.dense {
+            d.forward(x)
+        } else {
+            unreachable!("a backbone has one architecture")
         }
     }
 
     /// Every ConvBn with its torchvision (conv, bn) name prefixes, for loading weights.
     pub fn named_layers_mut(&mut self) -> Vec<(&mut ConvBn, String, String)> {
-        let (names, layers) = match (&mut self.mobilenet_v2, &mut self.resnet) {
-            (Some(m), _) => (m.param_names(), m.layers_mut()),
-            (None, Some(r)) => (r.param_names(), r.layers_mut()),
+        let (names, layers) = if let Some(m) = &mut self.mobilenet_v2 {
+            (m.param_names(), m.layers_mut())
+        } else if let Some(e) = &mut self.efficientnet_lite {
+            (e.param_names(), e.layers_mut())
+        } else if let Some(r) = &mut self.resnet {
+            (r.param_names(), r.layers_mut())
+        } else {
             // Pretrained weights exist only for the teachers' architectures.
-            (None, None) => unreachable!("only a teacher architecture loads weights"),
+            unreachable!("only a teacher architecture loads weights")
         };
         layers.into_iter().zip(names).map(|(l, (c, b))| (l, c, b)).collect()
     }

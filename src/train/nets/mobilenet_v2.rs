@@ -8,7 +8,7 @@
 
 use burn::prelude::*;
 
-use super::layers::{Act, ConvBn};
+use super::layers::{Act, ConvBn, Style};
 
 /// (expansion t, output channels c, repeats n, first stride s): torchvision's table,
 /// truncated after the 96-channel stage that holds the last tap.
@@ -27,18 +27,20 @@ pub struct InvertedResidual {
 }
 
 impl InvertedResidual {
-    fn new(cin: usize, cout: usize, stride: usize, t: usize, device: &Device) -> Self {
+    /// Expansion `t`, depthwise kernel `k` (MobileNetV2: always 3; EfficientNet: 3 or 5).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(cin: usize, cout: usize, stride: usize, t: usize, k: usize, style: Style, device: &Device) -> Self {
         let hidden = cin * t;
         let mut layers = Vec::new();
         if t != 1 {
-            layers.push(ConvBn::new(cin, hidden, 1, 1, 1, Act::Relu6, device));
+            layers.push(ConvBn::styled(cin, hidden, 1, 1, 1, Act::Relu6, style, device));
         }
-        layers.push(ConvBn::new(hidden, hidden, 3, stride, hidden, Act::Relu6, device));
-        layers.push(ConvBn::new(hidden, cout, 1, 1, 1, Act::None, device));
+        layers.push(ConvBn::styled(hidden, hidden, k, stride, hidden, Act::Relu6, style, device));
+        layers.push(ConvBn::styled(hidden, cout, 1, 1, 1, Act::None, style, device));
         Self { layers, residual: stride == 1 && cin == cout }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = self.layers.iter().fold(x.clone(), |y, l| l.forward(y));
         if self.residual { y + x } else { y }
     }
@@ -59,7 +61,7 @@ impl MobileNetV2 {
         let mut cin = 32;
         for (t, c, n, s) in STAGES {
             for i in 0..n {
-                blocks.push(InvertedResidual::new(cin, c, if i == 0 { s } else { 1 }, t, device));
+                blocks.push(InvertedResidual::new(cin, c, if i == 0 { s } else { 1 }, t, 3, Style::TORCH, device));
                 cin = c;
             }
         }
@@ -68,15 +70,7 @@ impl MobileNetV2 {
 
     /// The three tap outputs.
     pub fn forward(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
-        let mut x = self.stem.forward(x);
-        let mut taps = Vec::with_capacity(3);
-        for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(x);
-            if TAPS.contains(&(i + 1)) {
-                taps.push(x.clone());
-            }
-        }
-        taps
+        forward_taps(&self.stem, &self.blocks, x, |i| TAPS.contains(&(i + 1)))
     }
 
     /// torchvision (conv, bn) name prefixes of every ConvBn, in [`layers_mut`](Self::layers_mut) order.
@@ -100,10 +94,34 @@ impl MobileNetV2 {
 
     /// Every ConvBn in forward order, for loading weights.
     pub fn layers_mut(&mut self) -> Vec<&mut ConvBn> {
-        let mut out = vec![&mut self.stem];
-        for block in &mut self.blocks {
-            out.extend(block.layers.iter_mut());
-        }
-        out
+        layers_in_order(&mut self.stem, &mut self.blocks)
     }
+}
+
+/// Stem, then the blocks; returns the outputs of the blocks whose (0-based) index `is_tap`
+/// accepts. MobileNetV2 and EfficientNet-Lite alike.
+pub fn forward_taps(
+    stem: &ConvBn,
+    blocks: &[InvertedResidual],
+    x: Tensor<4>,
+    is_tap: impl Fn(usize) -> bool,
+) -> Vec<Tensor<4>> {
+    let mut x = stem.forward(x);
+    let mut taps = Vec::with_capacity(3);
+    for (i, block) in blocks.iter().enumerate() {
+        x = block.forward(x);
+        if is_tap(i) {
+            taps.push(x.clone());
+        }
+    }
+    taps
+}
+
+/// Every ConvBn of a stem and its blocks in forward order, for loading weights.
+pub fn layers_in_order<'a>(stem: &'a mut ConvBn, blocks: &'a mut [InvertedResidual]) -> Vec<&'a mut ConvBn> {
+    let mut out = vec![stem];
+    for block in blocks {
+        out.extend(block.layers.iter_mut());
+    }
+    out
 }

@@ -3,6 +3,7 @@
 
 pub mod backbone;
 pub mod dense;
+pub mod efficientnet_lite;
 pub mod layers;
 pub mod mobilenet_v2;
 pub mod resnet;

@@ -1,0 +1,315 @@
+//! A memory bank of normal teacher features (PatchCore's idea), for the hybrid map and for the
+//! ceiling diagnostic of `dskd eval --knn`.
+//!
+//! Embedding of one image: per position, the chosen teacher levels' features averaged over
+//! their 3x3 neighbourhood, brought to the finest chosen level's grid (bilinear, half-pixel)
+//! and concatenated. The bank: a greedy k-center coreset of the embeddings of normal images,
+//! so every normal feature seen lies near some entry. Score of a position: the Euclidean
+//! distance of its embedding to the nearest entry. Trainer and daemon run this same code on
+//! their own teacher features, so the bank adds nothing to the parity tolerance but the
+//! features' own differences.
+
+use std::path::Path;
+
+use ndarray::{Array2, ArrayView2, Axis};
+
+use super::anomaly_map::{self, FeatureMap, Map};
+use crate::synth::Rng;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryBankError {
+    #[error("{path}: {message}")]
+    File { path: std::path::PathBuf, message: String },
+    #[error("memory bank levels {levels:?}: the teacher has levels 1..={count}")]
+    Level { levels: Vec<usize>, count: usize },
+}
+
+/// The entries and the teacher levels their features come from.
+#[derive(Debug, Clone)]
+pub struct MemoryBank {
+    /// 1-based teacher levels, finest first.
+    pub levels: Vec<usize>,
+    /// `[rows, dims]` and each row's squared norm.
+    bank: Array2<f32>,
+    bank_sq: Vec<f32>,
+}
+
+/// Tensor name inside the bank's safetensors file.
+const TENSOR: &str = "bank";
+
+/// Mean over the valid cells of each 3x3 neighbourhood, per channel: a position's feature
+/// then also describes its surroundings.
+fn avg_pool3(f: &FeatureMap) -> FeatureMap {
+    let (h, w) = (f.height, f.width);
+    let mut data = vec![0.0; f.data.len()];
+    for (src, dst) in f.data.chunks_exact(h * w).zip(data.chunks_exact_mut(h * w)) {
+        for y in 0..h {
+            for x in 0..w {
+                let (mut sum, mut n) = (0.0, 0.0);
+                for yy in y.saturating_sub(1)..(y + 2).min(h) {
+                    for xx in x.saturating_sub(1)..(x + 2).min(w) {
+                        sum += src[yy * w + xx];
+                        n += 1.0;
+                    }
+                }
+                dst[y * w + x] = sum / n;
+            }
+        }
+    }
+    FeatureMap { data, ..*f }
+}
+
+/// `[positions, dims]` embedding of one image's teacher `levels` (see the module docs), with
+/// the grid's height and width.
+pub fn embed(levels: &[FeatureMap], chosen: &[usize]) -> (Array2<f32>, usize, usize) {
+    let finest = chosen.iter().map(|&l| &levels[l - 1]).max_by_key(|f| f.height * f.width).expect("levels chosen");
+    let (h, w) = (finest.height, finest.width);
+    let dims: usize = chosen.iter().map(|&l| levels[l - 1].channels).sum();
+    let mut out = Array2::<f32>::zeros((h * w, dims));
+    let mut col = 0;
+    for &l in chosen {
+        let pooled = avg_pool3(&levels[l - 1]);
+        for channel in pooled.data.chunks_exact(pooled.height * pooled.width) {
+            let m = Map { data: channel.to_vec(), height: pooled.height, width: pooled.width };
+            let up = if (m.height, m.width) == (h, w) { m } else { anomaly_map::upsample_bilinear(&m, h, w) };
+            out.column_mut(col).iter_mut().zip(&up.data).for_each(|(o, v)| *o = *v);
+            col += 1;
+        }
+    }
+    (out, h, w)
+}
+
+fn sq_norms(m: ArrayView2<f32>) -> Vec<f32> {
+    m.axis_iter(Axis(0)).map(|r| r.dot(&r)).collect()
+}
+
+/// Squared Euclidean distance, in eight independent lanes so the compiler vectorises it.
+fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for i in 0..8 {
+            let d = x[i] - y[i];
+            acc[i] += d * d;
+        }
+    }
+    let (ra, rb) = (a.chunks_exact(8).remainder(), b.chunks_exact(8).remainder());
+    acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(x, y)| (x - y) * (x - y)).sum::<f32>()
+}
+
+/// Dimensions the coreset's distances are computed in: a random projection (PatchCore's
+/// trick), so each greedy step's pass over the candidates stays in cache.
+const CORESET_DIMS: usize = 64;
+
+/// Greedy k-center: starts from a random row, then repeatedly takes the row farthest from
+/// everything taken so far, with distances in a random ±1 projection to [`CORESET_DIMS`]
+/// (Johnson–Lindenstrauss: distances kept up to a small factor). Returns the chosen rows.
+fn coreset(x: &Array2<f32>, k: usize, rng: &mut Rng, progress: bool) -> Array2<f32> {
+    let n = x.nrows();
+    if n <= k {
+        return x.clone();
+    }
+    let dims = x.ncols().min(CORESET_DIMS);
+    let projected = if dims < x.ncols() {
+        let scale = 1.0 / (dims as f32).sqrt();
+        let r = Array2::from_shape_fn((x.ncols(), dims), |_| if rng.unit() < 0.5 { -scale } else { scale });
+        x.dot(&r)
+    } else {
+        x.clone()
+    };
+    let flat = projected.as_standard_layout();
+    let flat = flat.as_slice().expect("standard layout");
+    let bar = crate::progress::progress_bar(k as u64, "coreset", progress);
+    let mut nearest = vec![f32::INFINITY; n];
+    let mut chosen = Vec::with_capacity(k);
+    let mut next = (rng.next_u64() % n as u64) as usize;
+    for _ in 0..k {
+        chosen.push(next);
+        let c = &flat[next * dims..(next + 1) * dims];
+        let mut far = (0, f32::NEG_INFINITY);
+        for (i, (row, d)) in flat.chunks_exact(dims).zip(nearest.iter_mut()).enumerate() {
+            *d = d.min(sq_dist(row, c));
+            if *d > far.1 {
+                far = (i, *d);
+            }
+        }
+        next = far.0;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    x.select(Axis(0), &chosen)
+}
+
+/// Collects embeddings of normal images as coreset candidates: a uniform random share of
+/// every image's positions, so that `limit` candidates come from all images alike.
+pub struct Candidates {
+    levels: Vec<usize>,
+    keep: f32,
+    rows: Vec<f32>,
+    dims: usize,
+    rng: Rng,
+}
+
+impl Candidates {
+    /// For `images` images of `positions` embeddings each, keeping about `limit` in all.
+    pub fn new(levels: &[usize], images: usize, positions: usize, limit: usize, seed: u64) -> Self {
+        let keep = (limit as f64 / (images * positions).max(1) as f64).min(1.0) as f32;
+        Self { levels: levels.to_vec(), keep, rows: Vec::new(), dims: 0, rng: Rng::new(seed) }
+    }
+
+    /// Adds one normal image's teacher features.
+    pub fn add(&mut self, teacher: &[FeatureMap]) {
+        let (e, _, _) = embed(teacher, &self.levels);
+        self.dims = e.ncols();
+        for row in e.axis_iter(Axis(0)) {
+            if self.keep >= 1.0 || self.rng.unit() < self.keep {
+                self.rows.extend(row.iter().copied());
+            }
+        }
+    }
+
+    /// The bank: a coreset of at most `size` of the candidates.
+    pub fn into_bank(mut self, size: usize, progress: bool) -> MemoryBank {
+        let n = self.rows.len() / self.dims.max(1);
+        let x = Array2::from_shape_vec((n, self.dims), std::mem::take(&mut self.rows)).expect("rows of dims");
+        MemoryBank::new(self.levels, coreset(&x, size, &mut self.rng, progress))
+    }
+}
+
+impl MemoryBank {
+    pub fn new(levels: Vec<usize>, bank: Array2<f32>) -> Self {
+        let bank_sq = sq_norms(bank.view());
+        Self { levels, bank, bank_sq }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.bank.nrows()
+    }
+
+    pub fn dims(&self) -> usize {
+        self.bank.ncols()
+    }
+
+    /// Checks the levels against a teacher of `count` levels.
+    pub fn check_levels(levels: &[usize], count: usize) -> Result<(), MemoryBankError> {
+        if levels.is_empty() || levels.iter().any(|&l| l == 0 || l > count) {
+            return Err(MemoryBankError::Level { levels: levels.to_vec(), count });
+        }
+        Ok(())
+    }
+
+    /// Distance of each position's embedding to its nearest entry, on the finest chosen
+    /// level's grid: `|q|^2 + min_b (|b|^2 - 2 q.b)`, the cross terms as one matrix product.
+    pub fn distances(&self, teacher: &[FeatureMap]) -> Map {
+        let (q, height, width) = embed(teacher, &self.levels);
+        let q_sq = sq_norms(q.view());
+        let cross = q.dot(&self.bank.t());
+        let data = cross
+            .axis_iter(Axis(0))
+            .zip(&q_sq)
+            .map(|(row, qq)| {
+                let best = row.iter().zip(&self.bank_sq).map(|(c, bb)| bb - 2.0 * c).fold(f32::INFINITY, f32::min);
+                (qq + best).max(0.0).sqrt()
+            })
+            .collect();
+        Map { data, height, width }
+    }
+
+    /// [`Self::distances`] upsampled to `out_h x out_w` and blurred like the students' map.
+    pub fn map(&self, teacher: &[FeatureMap], out_h: usize, out_w: usize, sigma: f32) -> Map {
+        let full = anomaly_map::upsample_bilinear(&self.distances(teacher), out_h, out_w);
+        if sigma > 0.0 { anomaly_map::gaussian_blur(&full, sigma) } else { full }
+    }
+
+    /// Writes the entries as a safetensors file (one f32 tensor `bank`, `[rows, dims]`).
+    pub fn write(&self, path: &Path) -> Result<(), MemoryBankError> {
+        use safetensors::{Dtype, tensor::TensorView};
+        let err = |message: String| MemoryBankError::File { path: path.to_owned(), message };
+        let bytes: Vec<u8> = self.bank.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view =
+            TensorView::new(Dtype::F32, vec![self.rows(), self.dims()], &bytes).map_err(|e| err(e.to_string()))?;
+        let file = safetensors::serialize([(TENSOR, view)], None).map_err(|e| err(e.to_string()))?;
+        std::fs::write(path, file).map_err(|e| err(e.to_string()))
+    }
+
+    /// Reads a bank written by [`Self::write`], checking its shape.
+    pub fn read(path: &Path, levels: Vec<usize>, rows: usize, dims: usize) -> Result<Self, MemoryBankError> {
+        let err = |message: String| MemoryBankError::File { path: path.to_owned(), message };
+        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(format!("not a bank file: {e}")))?;
+        let t = file.tensor(TENSOR).map_err(|_| err(format!("no tensor `{TENSOR}`")))?;
+        if t.dtype() != safetensors::Dtype::F32 || t.shape() != [rows, dims] {
+            return Err(err(format!(
+                "tensor is {:?} {:?}, the manifest says F32 [{rows}, {dims}]",
+                t.dtype(),
+                t.shape()
+            )));
+        }
+        let values = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let bank = Array2::from_shape_vec((rows, dims), values).map_err(|e| err(e.to_string()))?;
+        Ok(Self::new(levels, bank))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn avg_pool_keeps_constants_and_averages_edges() {
+        let f = FeatureMap { data: vec![1.0; 9], channels: 1, height: 3, width: 3 };
+        assert!(avg_pool3(&f).data.iter().all(|&v| (v - 1.0).abs() < 1e-6));
+        let mut d = vec![0.0; 9];
+        d[0] = 4.0;
+        let p = avg_pool3(&FeatureMap { data: d, channels: 1, height: 3, width: 3 });
+        assert!((p.data[0] - 1.0).abs() < 1e-6, "corner averages 4 cells: {}", p.data[0]);
+        assert!((p.data[4] - 4.0 / 9.0).abs() < 1e-6);
+        assert_eq!(p.data[8], 0.0);
+    }
+
+    #[test]
+    fn coreset_covers_every_cluster() {
+        // Three tight clusters; a coreset of 3 must take one point of each.
+        let mut v = Vec::new();
+        for c in [0.0f32, 10.0, 20.0] {
+            for j in 0..20 {
+                v.extend([c + j as f32 * 0.01, -c]);
+            }
+        }
+        let x = Array2::from_shape_vec((60, 2), v).unwrap();
+        let core = coreset(&x, 3, &mut Rng::new(1), false);
+        let mut centres: Vec<i32> = core.axis_iter(Axis(0)).map(|r| (r[0] / 10.0).round() as i32).collect();
+        centres.sort();
+        assert_eq!(centres, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn embedding_concatenates_levels_on_the_finest_grid() {
+        let fine = FeatureMap { data: vec![1.0; 2 * 4 * 4], channels: 2, height: 4, width: 4 };
+        let coarse = FeatureMap { data: vec![3.0; 3 * 2 * 2], channels: 3, height: 2, width: 2 };
+        let (e, h, w) = embed(&[fine, coarse], &[1, 2]);
+        assert_eq!((e.nrows(), e.ncols(), h, w), (16, 5, 4, 4));
+        assert!(e.row(5).iter().take(2).all(|&v| v == 1.0));
+        assert!(e.row(5).iter().skip(2).all(|&v| (v - 3.0).abs() < 1e-6));
+    }
+
+    #[test]
+    fn distances_are_zero_on_the_bank_and_grow_away_from_it_and_the_file_round_trips() {
+        let f = |v: f32| FeatureMap { data: vec![v; 2 * 2 * 2], channels: 2, height: 2, width: 2 };
+        let mut c = Candidates::new(&[1], 2, 4, 100, 3);
+        c.add(&[f(1.0)]);
+        c.add(&[f(2.0)]);
+        let bank = c.into_bank(2, false);
+        assert_eq!((bank.rows(), bank.dims()), (2, 2));
+        assert!(bank.distances(&[f(1.0)]).data.iter().all(|&d| d < 1e-3));
+        let far = bank.distances(&[f(5.0)]);
+        assert!(far.data.iter().all(|&d| (d - (2.0f32 * 9.0).sqrt()).abs() < 1e-3), "{:?}", far.data);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bank.safetensors");
+        bank.write(&path).unwrap();
+        let back = MemoryBank::read(&path, vec![1], 2, 2).unwrap();
+        assert_eq!(back.distances(&[f(5.0)]).data, far.data);
+        let err = MemoryBank::read(&path, vec![1], 3, 2).unwrap_err().to_string();
+        assert!(err.contains("bank.safetensors") && err.contains("[3, 2]"), "{err}");
+    }
+}

@@ -1,0 +1,179 @@
+//! The ceiling of the teacher's own features: a nearest-neighbour scorer (PatchCore's idea) on
+//! the bundle's teacher graph, evaluated by `dskd eval --knn` with the same metrics as the
+//! students.
+//!
+//! Fit, from a split file's normals only: every `train` image through the teacher (tract, the
+//! bundle's graph and preprocessing); per position, the chosen levels' features averaged over
+//! their 3x3 neighbourhood, brought to the finest chosen level's grid (bilinear) and
+//! concatenated; a memory bank of at most `bank` of these vectors chosen by greedy k-center
+//! (the coreset: every normal feature is near some bank entry). Score of a position: Euclidean
+//! distance to its nearest bank entry. Map: those distances upsampled to the input size and
+//! blurred as the students' maps are (the bundle's sigma and score rule). Thresholds: the
+//! bundle's Gumbel calibration on the `val` images' maps.
+//!
+//! What it answers: if the teacher's features, scored this way, separate defects far better
+//! than the students, the students lose information and distillation is what to improve; if
+//! not, the teacher's features are the limit.
+
+use std::path::{Path, PathBuf};
+
+use image::DynamicImage;
+
+use crate::bundle::{Bundle, Calibration};
+use crate::dataset;
+use crate::detector::anomaly_map::{self, Map, MapSettings};
+use crate::detector::memory_bank::{Candidates, MemoryBank};
+use crate::detector::{Detector, DetectorError, Inspection, Precision, Timings, level_shapes, verdict};
+use crate::preprocess::{self, InputSpec};
+
+/// How the nearest-neighbour scorer is built.
+#[derive(Debug, Clone)]
+pub struct KnnOptions {
+    /// Split file whose `train` lines fill the bank and `val` lines set the thresholds.
+    pub split: PathBuf,
+    /// Teacher levels used, 1-based (the bundle's pyramid taps, finest first).
+    pub levels: Vec<usize>,
+    /// Memory bank size (greedy coreset of the training features).
+    pub bank: usize,
+    /// Training features the coreset is chosen from (a random subset when there are more).
+    pub candidates: usize,
+    pub seed: u64,
+    pub progress: bool,
+    /// Add the bundle's students' map to the kNN map (each divided by its mean image score on
+    /// the `val` normals, so both weigh alike): the hybrid of lever 5, measured before it is
+    /// built into bundles.
+    pub fuse: bool,
+}
+
+impl KnnOptions {
+    /// One line saying what was scored, for reports.
+    pub fn describe(&self) -> String {
+        let levels: Vec<String> = self.levels.iter().map(|l| l.to_string()).collect();
+        let fused = if self.fuse { " + students" } else { "" };
+        format!("knn (teacher levels {}, bank {}){fused}", levels.join("+"), self.bank)
+    }
+}
+
+/// The fitted scorer: the bundle's teacher plan, the bank and calibrated thresholds.
+pub struct KnnScorer {
+    detector: Detector,
+    input: InputSpec,
+    map: MapSettings,
+    bank: MemoryBank,
+    /// With `fuse`: the divisors of the kNN and the students' maps.
+    fuse: Option<(f32, f32)>,
+    pub calibration: Calibration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KnnError {
+    #[error("{0}: a split file with `train` and `val` lines is needed to fit the bank and threshold")]
+    NoSplit(PathBuf),
+}
+
+impl KnnScorer {
+    /// Builds the bank from the split's `train` images and calibrates on its `val` images.
+    pub fn fit(bundle: &Bundle, opts: &KnnOptions) -> anyhow::Result<Self> {
+        let detector = Detector::load(bundle, Precision::F32)?;
+        let count = bundle.manifest.teacher.channels.len();
+        MemoryBank::check_levels(&opts.levels, count)?;
+        if !opts.split.is_file() {
+            return Err(KnnError::NoSplit(opts.split.clone()).into());
+        }
+        let entries = dataset::read_split(&opts.split)?;
+        let paths = |role: &str| -> Vec<&Path> {
+            entries.iter().filter(|e| e.role == role).map(|e| e.path.as_path()).collect()
+        };
+        let (train, val) = (paths("train"), paths("val"));
+        if train.is_empty() || val.len() < 2 {
+            return Err(KnnError::NoSplit(opts.split.clone()).into());
+        }
+        let finest = opts.levels.iter().map(|&l| level_shapes(&bundle.manifest)[l - 1]).map(|[_, h, w]| h * w).max();
+        let mut candidates =
+            Candidates::new(&opts.levels, train.len(), finest.unwrap_or(1), opts.candidates, opts.seed);
+        let bar = crate::progress::progress_bar(train.len() as u64, "knn bank", opts.progress);
+        for path in &train {
+            let input = preprocess::to_tensor(&preprocess::load_image(path)?, &bundle.manifest.input);
+            candidates.add(&detector.teacher_features(&input)?);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let mut scorer = Self {
+            input: bundle.manifest.input.clone(),
+            map: bundle.manifest.map.clone(),
+            detector,
+            bank: candidates.into_bank(opts.bank, opts.progress),
+            fuse: None,
+            calibration: bundle.manifest.calibration.clone(),
+        };
+
+        let mut val_maps = Vec::with_capacity(val.len());
+        for path in &val {
+            val_maps.push(scorer.maps(&preprocess::load_image(path)?, opts.fuse)?);
+        }
+        if opts.fuse {
+            let n = val_maps.len() as f32;
+            let mean = |score: &dyn Fn(&(Map, Option<Map>)) -> f32| val_maps.iter().map(score).sum::<f32>() / n;
+            let k = mean(&|m| anomaly_map::score(&m.0, scorer.map.score));
+            let s = mean(&|m| anomaly_map::score(m.1.as_ref().expect("fused"), scorer.map.score));
+            scorer.fuse = Some((k.max(1e-9), s.max(1e-9)));
+        }
+        let (mut scores, mut pixels) = (Vec::new(), Vec::new());
+        for (knn, students) in val_maps {
+            let map = scorer.fused(knn, students);
+            scores.push(anomaly_map::score(&map, scorer.map.score));
+            pixels.extend_from_slice(&map.data);
+        }
+        let rate = bundle.manifest.calibration.target_false_alarm_rate;
+        scorer.calibration = crate::calibrate::calibrate(&scores, &mut pixels, rate)?;
+        Ok(scorer)
+    }
+
+    /// Anomaly map at input size and its score.
+    fn map(&self, img: &DynamicImage) -> Result<(Map, f32), DetectorError> {
+        let (knn, students) = self.maps(img, self.fuse.is_some())?;
+        let map = self.fused(knn, students);
+        let score = anomaly_map::score(&map, self.map.score);
+        Ok((map, score))
+    }
+
+    /// The kNN map and, when asked, the students' map of the bundle (both at input size).
+    fn maps(&self, img: &DynamicImage, students: bool) -> Result<(Map, Option<Map>), DetectorError> {
+        let knn = self.knn_map(img)?;
+        let students = match students {
+            true => Some(self.detector.map(&preprocess::to_tensor(img, &self.input), &mut Timings::default())?.0),
+            false => None,
+        };
+        Ok((knn, students))
+    }
+
+    /// `knn / k + students / s` with the divisors fitted on the `val` normals, or the kNN map.
+    fn fused(&self, knn: Map, students: Option<Map>) -> Map {
+        match (self.fuse, students) {
+            (Some((k, s)), Some(st)) => {
+                let data = knn.data.iter().zip(&st.data).map(|(a, b)| a / k + b / s).collect();
+                Map { data, ..knn }
+            }
+            _ => knn,
+        }
+    }
+
+    /// Nearest-bank distances, upsampled to the input size and blurred like the students' map.
+    fn knn_map(&self, img: &DynamicImage) -> Result<Map, DetectorError> {
+        let teacher = self.detector.teacher_features(&preprocess::to_tensor(img, &self.input))?;
+        Ok(self.bank.map(&teacher, self.input.height as usize, self.input.width as usize, self.map.sigma))
+    }
+}
+
+impl super::Inspect for KnnScorer {
+    fn inspect(&self, img: &DynamicImage) -> Result<Inspection, DetectorError> {
+        let (map, score) = self.map(img)?;
+        let c = &self.calibration;
+        let verdict = verdict::decide(&map, score, c.threshold, c.pixel_threshold, img.width(), img.height());
+        Ok(Inspection { map, verdict, timings: Timings::default() })
+    }
+
+    fn thresholds(&self) -> (f32, f32) {
+        (self.calibration.threshold, self.calibration.pixel_threshold)
+    }
+}

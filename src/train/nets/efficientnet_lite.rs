@@ -1,0 +1,72 @@
+//! EfficientNet-Lite0 up to the third pyramid tap: a teacher (ImageNet top-1 ~75%, against
+//! MobileNetV2's ~72%, at about the same cost) and, with random weights, its Se.
+//!
+//! The Lite variants are MobileNetV2's inverted residual blocks with 5x5 depthwise kernels in
+//! some stages, ReLU6 and no squeeze-excitation, trained in TensorFlow: TF "same" padding and
+//! BatchNorm epsilon 1e-3 ([`Style::TF`]). Taps: the ends of blocks 2 / 4 / 10 (strides
+//! 4 / 8 / 16; 24 / 40 / 112 channels). Parameter names follow EfficientNet-PyTorch
+//! (`_conv_stem`, `_bn0`, `_blocks.N._expand_conv`, ...), the layout of the shipped weights.
+
+use burn::prelude::*;
+
+use super::layers::{Act, ConvBn, Style};
+use super::mobilenet_v2::{InvertedResidual, forward_taps, layers_in_order};
+
+/// (expansion t, depthwise kernel k, output channels c, repeats n, first stride s), truncated
+/// after the 112-channel stage that holds the last tap.
+const STAGES: [(usize, usize, usize, usize, usize); 5] =
+    [(1, 3, 16, 1, 1), (6, 3, 24, 2, 2), (6, 5, 40, 2, 2), (6, 3, 80, 3, 2), (6, 5, 112, 3, 1)];
+/// Block indices (0-based) whose outputs are the pyramid taps.
+pub const TAPS: [usize; 3] = [2, 4, 10];
+pub const TAP_CHANNELS: [usize; 3] = [24, 40, 112];
+/// The input normalisation the weights were trained with: `(x*255 - 127) / 128` on RGB.
+pub const MEAN: [f32; 3] = [127.0 / 255.0; 3];
+pub const STD: [f32; 3] = [128.0 / 255.0; 3];
+
+#[derive(Module, Debug)]
+pub struct EfficientNetLite {
+    pub stem: ConvBn,
+    pub blocks: Vec<InvertedResidual>,
+}
+
+impl EfficientNetLite {
+    /// Random init (Se, or the teacher before its weights are loaded).
+    pub fn new(device: &Device) -> Self {
+        let stem = ConvBn::styled(3, 32, 3, 2, 1, Act::Relu6, Style::TF, device);
+        let mut blocks = Vec::new();
+        let mut cin = 32;
+        for (t, k, c, n, s) in STAGES {
+            for i in 0..n {
+                blocks.push(InvertedResidual::new(cin, c, if i == 0 { s } else { 1 }, t, k, Style::TF, device));
+                cin = c;
+            }
+        }
+        Self { stem, blocks }
+    }
+
+    /// The three tap outputs.
+    pub fn forward(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
+        forward_taps(&self.stem, &self.blocks, x, |i| TAPS.contains(&i))
+    }
+
+    /// EfficientNet-PyTorch (conv, bn) name prefixes of every ConvBn, in
+    /// [`layers_mut`](Self::layers_mut) order. A block without expansion has no
+    /// `_expand_conv`/`_bn0`; its depthwise BN is still `_bn1`.
+    pub fn param_names(&self) -> Vec<(String, String)> {
+        let mut out = vec![("_conv_stem".to_string(), "_bn0".to_string())];
+        for (i, block) in self.blocks.iter().enumerate() {
+            let b = format!("_blocks.{i}");
+            if block.layers.len() == 3 {
+                out.push((format!("{b}._expand_conv"), format!("{b}._bn0")));
+            }
+            out.push((format!("{b}._depthwise_conv"), format!("{b}._bn1")));
+            out.push((format!("{b}._project_conv"), format!("{b}._bn2")));
+        }
+        out
+    }
+
+    /// Every ConvBn in forward order, for loading weights.
+    pub fn layers_mut(&mut self) -> Vec<&mut ConvBn> {
+        layers_in_order(&mut self.stem, &mut self.blocks)
+    }
+}
