@@ -373,3 +373,35 @@ fn efficientnet_lite0_teacher_trains_and_exports_with_parity() {
     assert_eq!(pads[0], vec![0, 0, 1, 1], "the stem (3x3, stride 2) pads after only");
     assert!(pads.contains(&vec![1, 1, 2, 2]), "a 5x5 stride-2 depthwise conv pads 1 before, 2 after");
 }
+
+/// `--memory-bank`: the hybrid map. The bank is built at export from the training images'
+/// teacher features, hashed with the bundle, and the daemon's maps (students + kNN, through
+/// tract) reproduce the trainer's within the f32 tolerance; int8 is judged on the hybrid map
+/// too. A bank whose shape disagrees with the manifest is refused, naming the file.
+#[test]
+fn memory_bank_hybrid_is_exported_hashed_and_served_with_parity() {
+    let dir = tempfile::tempdir().unwrap();
+    let (opts, m) = short_bundle(
+        dir.path(),
+        trainer::TrainOptions { memory_bank: 64, memory_bank_levels: vec![2, 3], ..fixture().opts.clone() },
+    );
+    let spec = m.memory_bank.clone().expect("manifest has the bank");
+    assert_eq!((spec.rows, spec.dims, spec.levels.clone()), (64, 32 + 96, vec![2, 3]));
+    assert!(spec.students_divisor > 0.0 && spec.knn_divisor > 0.0);
+    assert!(m.files.contains_key(&spec.file), "the bank file is hashed");
+
+    // The hybrid map differs from the students' map alone: the bank does something.
+    let img = fixture().data.join("test/good/000.png");
+    let hybrid = inspect(&opts.out, Precision::F32, &img);
+    let mut plain = Bundle::open(&opts.out).unwrap();
+    plain.manifest.memory_bank = None;
+    let students = Detector::load(&plain, Precision::F32).unwrap();
+    let alone = students.inspect(&dskd::preprocess::load_image(&img).unwrap()).unwrap();
+    let diff = hybrid.map.data.iter().zip(&alone.map.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff > 1e-3, "bank changed nothing ({diff})");
+
+    let mut wrong = Bundle::open(&opts.out).unwrap();
+    wrong.manifest.memory_bank.as_mut().unwrap().rows = 65;
+    let err = Detector::load(&wrong, Precision::F32).err().expect("shape mismatch refused").to_string();
+    assert!(err.contains(&spec.file) && err.contains("[65, 128]"), "{err}");
+}

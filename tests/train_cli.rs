@@ -115,7 +115,7 @@ fn shipped_teacher_is_found_from_another_folder() {
         .expect("dskd-train runs");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "stderr: {err}");
-    assert!(dir.path().join("out.checkpoints/best.bpk").is_file(), "no checkpoint; stderr: {err}");
+    assert!(dir.path().join("out.checkpoints/last.bpk").is_file(), "no checkpoint; stderr: {err}");
 }
 
 /// `DSKD_TEACHERS` is the one place looked when set: a folder with the weights works, one

@@ -6,7 +6,9 @@ bundle's teacher / student_e / student_d graphs in onnxruntime (one intra-op thr
 as tract runs one graph per thread), the anomaly map in numpy (per level and student
 1 - cos, students of a level summed, bilinear upsampling with half-pixel centres and Gaussian
 blur with reflected borders, both as separable matrix products), and the verdict (threshold,
-8-connected regions with SciPy). Latency mode: 1 thread (sequential) or 2 (teacher in a second
+8-connected regions with SciPy). A bundle with a memory bank adds its kNN map as the daemon
+does (3x3 mean of the chosen teacher levels on the finest one's grid, distance to the nearest
+bank row as one matrix product, upsampled, blurred, both maps scaled by their divisors). Latency mode: 1 thread (sequential) or 2 (teacher in a second
 thread beside Se -> Sd; onnxruntime releases the GIL while it runs). Throughput mode: N worker
 threads, one frame each at a time.
 
@@ -90,6 +92,21 @@ class Pipeline:
         strides = manifest["teacher"]["strides"]
         self.up = [(bilinear_matrix(self.h // s, self.h), bilinear_matrix(self.w // s, self.w)) for s in strides]
         self.blur = (blur_matrix(self.h, self.sigma), blur_matrix(self.w, self.sigma)) if self.sigma > 0 else None
+        self.bank = None
+        if "memory_bank" in manifest:
+            mb = manifest["memory_bank"]
+            self.bank = read_bank(bundle / mb["file"], mb["rows"], mb["dims"])
+            self.bank_sq = (self.bank * self.bank).sum(1)
+            self.bank_levels = [l - 1 for l in mb["levels"]]
+            self.divisors = (mb["students_divisor"], mb["knn_divisor"])
+            finest = min(strides[l] for l in self.bank_levels)
+            self.bank_grid = (self.h // finest, self.w // finest)
+            self.bank_up = {
+                l: (bilinear_matrix(self.h // strides[l], self.bank_grid[0]),
+                    bilinear_matrix(self.w // strides[l], self.bank_grid[1]))
+                for l in self.bank_levels
+            }
+            self.grid_up = (bilinear_matrix(self.bank_grid[0], self.h), bilinear_matrix(self.bank_grid[1], self.w))
 
     def preprocess(self, img: Image.Image) -> np.ndarray:
         img = img.convert("RGB")
@@ -133,10 +150,32 @@ class Pipeline:
                 level += 1.0 - (tl * sl).sum(0) / (tn * sn)
             ay, ax = self.up[i]
             acc += ay @ level @ ax.T
-        if self.blur is not None:
-            gy, gx = self.blur
-            acc = gy @ acc @ gx.T
+        acc = self.blurred(acc)
+        if self.bank is not None:
+            acc = acc / self.divisors[0] + self.blurred(self.knn_map(teacher)) / self.divisors[1]
         return acc
+
+    def blurred(self, m):
+        if self.blur is None:
+            return m
+        gy, gx = self.blur
+        return gy @ m @ gx.T
+
+    def knn_map(self, teacher):
+        """Distance of each position's embedding to its nearest bank row, at input size."""
+        cols = []
+        for l in self.bank_levels:
+            f = teacher[l][0]
+            ones = np.ones(f.shape[1:], np.float32)
+            count = ndimage.uniform_filter(ones, 3, mode="constant")
+            pooled = ndimage.uniform_filter(f, (1, 3, 3), mode="constant") / count
+            ay, ax = self.bank_up[l]
+            cols.append(np.einsum("yi,cij,xj->yxc", ay, pooled, ax).reshape(-1, f.shape[0]))
+        q = np.concatenate(cols, 1)
+        d2 = (q * q).sum(1) + (self.bank_sq[None, :] - 2.0 * q @ self.bank.T).min(1)
+        grid = np.sqrt(np.maximum(d2, 0.0)).reshape(self.bank_grid).astype(np.float32)
+        uy, ux = self.grid_up
+        return uy @ grid @ ux.T
 
     def verdict(self, amap, src_w, src_h):
         score = float(amap.max())
@@ -177,6 +216,15 @@ class Pipeline:
         t["verdict"] = ms(s)
         t["total"] = ms(start)
         return t
+
+
+def read_bank(path: Path, rows: int, dims: int) -> np.ndarray:
+    """The f32 tensor `bank` of a safetensors file."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    meta = json.loads(raw[8 : 8 + n])["bank"]
+    start, end = meta["data_offsets"]
+    return np.frombuffer(raw[8 + n + start : 8 + n + end], np.float32).reshape(rows, dims)
 
 
 def ms(since: float) -> float:

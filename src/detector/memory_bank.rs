@@ -34,6 +34,9 @@ pub struct MemoryBank {
     bank_sq: Vec<f32>,
 }
 
+/// Positions whose distances are computed together (see [`MemoryBank::distances`]).
+const QUERY_BLOCK: usize = 64;
+
 /// Tensor name inside the bank's safetensors file.
 const TENSOR: &str = "bank";
 
@@ -201,16 +204,16 @@ impl MemoryBank {
     /// level's grid: `|q|^2 + min_b (|b|^2 - 2 q.b)`, the cross terms as one matrix product.
     pub fn distances(&self, teacher: &[FeatureMap]) -> Map {
         let (q, height, width) = embed(teacher, &self.levels);
-        let q_sq = sq_norms(q.view());
-        let cross = q.dot(&self.bank.t());
-        let data = cross
-            .axis_iter(Axis(0))
-            .zip(&q_sq)
-            .map(|(row, qq)| {
+        let mut data = Vec::with_capacity(q.nrows());
+        // A block of positions at a time: its `[block, rows]` products stay in cache for the
+        // minimum instead of a whole frame's going out to memory and back.
+        for block in q.axis_chunks_iter(Axis(0), QUERY_BLOCK) {
+            let cross = block.dot(&self.bank.t());
+            for (row, qq) in cross.axis_iter(Axis(0)).zip(sq_norms(block)) {
                 let best = row.iter().zip(&self.bank_sq).map(|(c, bb)| bb - 2.0 * c).fold(f32::INFINITY, f32::min);
-                (qq + best).max(0.0).sqrt()
-            })
-            .collect();
+                data.push((qq + best).max(0.0).sqrt());
+            }
+        }
         Map { data, height, width }
     }
 

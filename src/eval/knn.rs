@@ -1,19 +1,16 @@
-//! The ceiling of the teacher's own features: a nearest-neighbour scorer (PatchCore's idea) on
-//! the bundle's teacher graph, evaluated by `dskd eval --knn` with the same metrics as the
-//! students.
+//! The ceiling of the teacher's own features (`dskd eval --knn`): the bundle's teacher graph
+//! scored by nearest normal neighbour ([`crate::detector::memory_bank`]), with the same
+//! metrics as the students.
 //!
-//! Fit, from a split file's normals only: every `train` image through the teacher (tract, the
-//! bundle's graph and preprocessing); per position, the chosen levels' features averaged over
-//! their 3x3 neighbourhood, brought to the finest chosen level's grid (bilinear) and
-//! concatenated; a memory bank of at most `bank` of these vectors chosen by greedy k-center
-//! (the coreset: every normal feature is near some bank entry). Score of a position: Euclidean
-//! distance to its nearest bank entry. Map: those distances upsampled to the input size and
-//! blurred as the students' maps are (the bundle's sigma and score rule). Thresholds: the
-//! bundle's Gumbel calibration on the `val` images' maps.
+//! Fit, from a split file's normals only: the bank from the `train` images' teacher features
+//! (tract, the bundle's graph and preprocessing), the threshold from the `val` images' maps
+//! (the bundle's Gumbel calibration). The map is the bank's distance map, blurred and scored as
+//! the students' maps are.
 //!
 //! What it answers: if the teacher's features, scored this way, separate defects far better
 //! than the students, the students lose information and distillation is what to improve; if
-//! not, the teacher's features are the limit.
+//! not, the teacher's features are the limit. With `fuse`, the students' map is added: the
+//! hybrid that `dskd-train --memory-bank` builds into bundles, measured without exporting one.
 
 use std::path::{Path, PathBuf};
 
@@ -39,9 +36,8 @@ pub struct KnnOptions {
     pub candidates: usize,
     pub seed: u64,
     pub progress: bool,
-    /// Add the bundle's students' map to the kNN map (each divided by its mean image score on
-    /// the `val` normals, so both weigh alike): the hybrid of lever 5, measured before it is
-    /// built into bundles.
+    /// Add the bundle's students' map to the kNN map, each divided by its mean image score on
+    /// the `val` normals so both weigh alike (the hybrid map).
     pub fuse: bool,
 }
 
