@@ -109,9 +109,9 @@ impl KnnScorer {
         }
         if opts.fuse {
             let n = val_maps.len() as f32;
-            let mean = |score: &dyn Fn(&(Map, Option<Map>)) -> f32| val_maps.iter().map(score).sum::<f32>() / n;
-            let k = mean(&|m| anomaly_map::score(&m.0, scorer.map.score));
-            let s = mean(&|m| anomaly_map::score(m.1.as_ref().expect("fused"), scorer.map.score));
+            let mean = |maps: Vec<&Map>| maps.iter().map(|m| anomaly_map::score(m, scorer.map.score)).sum::<f32>() / n;
+            let k = mean(val_maps.iter().map(|m| &m.0).collect());
+            let s = mean(val_maps.iter().filter_map(|m| m.1.as_ref()).collect());
             scorer.fuse = Some((k.max(1e-9), s.max(1e-9)));
         }
         let (mut scores, mut pixels) = (Vec::new(), Vec::new());

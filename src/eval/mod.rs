@@ -89,7 +89,7 @@ pub struct RegionRule {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub bundle: PathBuf,
-    /// "students" (the bundle's detector), or the nearest-neighbour ceiling's settings.
+    /// The bundle's detector (students, and its memory bank if any), or the ceiling's settings.
     pub scorer: String,
     pub dataset: PathBuf,
     pub precision: Precision,
@@ -288,7 +288,13 @@ pub fn evaluate(opts: &EvalOptions) -> anyhow::Result<(Report, Box<dyn Inspect>)
         anyhow::bail!("{}: the bundle has no int8 graphs (see its manifest's training.int8)", opts.bundle.display());
     }
     let (det, scorer): (Box<dyn Inspect>, String) = match &opts.knn {
-        None => (Box::new(Detector::load(&bundle, opts.precision)?), "students".into()),
+        None => {
+            let scorer = match &bundle.manifest.memory_bank {
+                Some(b) => format!("bundle (students + memory bank of {} entries)", b.rows),
+                None => "bundle (students)".into(),
+            };
+            (Box::new(Detector::load(&bundle, opts.precision)?), scorer)
+        }
         Some(k) => (Box::new(knn::KnnScorer::fit(&bundle, k)?), k.describe()),
     };
     let tests = data::load(&opts.dataset)?;
