@@ -201,25 +201,42 @@ impl MemoryBank {
     }
 
     /// Distance of each position's embedding to its nearest entry, on the finest chosen
-    /// level's grid: `|q|^2 + min_b (|b|^2 - 2 q.b)`, the cross terms as one matrix product.
-    pub fn distances(&self, teacher: &[FeatureMap]) -> Map {
+    /// level's grid: `|q|^2 + min_b (|b|^2 - 2 q.b)`, the cross terms as matrix products.
+    /// The positions are split over `threads` threads (the daemon's latency mode has a core
+    /// free once the networks are done).
+    pub fn distances(&self, teacher: &[FeatureMap], threads: usize) -> Map {
         let (q, height, width) = embed(teacher, &self.levels);
-        let mut data = Vec::with_capacity(q.nrows());
+        let data = if threads <= 1 {
+            self.nearest(q.view())
+        } else {
+            let part = q.nrows().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let workers: Vec<_> =
+                    q.axis_chunks_iter(Axis(0), part).map(|rows| scope.spawn(move || self.nearest(rows))).collect();
+                workers.into_iter().flat_map(|w| w.join().expect("memory bank thread panicked")).collect()
+            })
+        };
+        Map { data, height, width }
+    }
+
+    /// Nearest-entry distances of `q`'s rows.
+    fn nearest(&self, q: ArrayView2<f32>) -> Vec<f32> {
+        let mut out = Vec::with_capacity(q.nrows());
         // A block of positions at a time: its `[block, rows]` products stay in cache for the
         // minimum instead of a whole frame's going out to memory and back.
         for block in q.axis_chunks_iter(Axis(0), QUERY_BLOCK) {
             let cross = block.dot(&self.bank.t());
             for (row, qq) in cross.axis_iter(Axis(0)).zip(sq_norms(block)) {
                 let best = row.iter().zip(&self.bank_sq).map(|(c, bb)| bb - 2.0 * c).fold(f32::INFINITY, f32::min);
-                data.push((qq + best).max(0.0).sqrt());
+                out.push((qq + best).max(0.0).sqrt());
             }
         }
-        Map { data, height, width }
+        out
     }
 
     /// [`Self::distances`] upsampled to `out_h x out_w` and blurred like the students' map.
-    pub fn map(&self, teacher: &[FeatureMap], out_h: usize, out_w: usize, sigma: f32) -> Map {
-        let full = anomaly_map::upsample_bilinear(&self.distances(teacher), out_h, out_w);
+    pub fn map(&self, teacher: &[FeatureMap], out_h: usize, out_w: usize, sigma: f32, threads: usize) -> Map {
+        let full = anomaly_map::upsample_bilinear(&self.distances(teacher, threads), out_h, out_w);
         if sigma > 0.0 { anomaly_map::gaussian_blur(&full, sigma) } else { full }
     }
 
@@ -303,15 +320,16 @@ mod tests {
         c.add(&[f(2.0)]);
         let bank = c.into_bank(2, false);
         assert_eq!((bank.rows(), bank.dims()), (2, 2));
-        assert!(bank.distances(&[f(1.0)]).data.iter().all(|&d| d < 1e-3));
-        let far = bank.distances(&[f(5.0)]);
+        assert!(bank.distances(&[f(1.0)], 1).data.iter().all(|&d| d < 1e-3));
+        let far = bank.distances(&[f(5.0)], 1);
+        assert_eq!(bank.distances(&[f(5.0)], 2).data, far.data, "split over threads, same distances");
         assert!(far.data.iter().all(|&d| (d - (2.0f32 * 9.0).sqrt()).abs() < 1e-3), "{:?}", far.data);
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bank.safetensors");
         bank.write(&path).unwrap();
         let back = MemoryBank::read(&path, vec![1], 2, 2).unwrap();
-        assert_eq!(back.distances(&[f(5.0)]).data, far.data);
+        assert_eq!(back.distances(&[f(5.0)], 1).data, far.data);
         let err = MemoryBank::read(&path, vec![1], 3, 2).unwrap_err().to_string();
         assert!(err.contains("bank.safetensors") && err.contains("[3, 2]"), "{err}");
     }

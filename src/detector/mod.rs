@@ -308,7 +308,10 @@ impl Detector {
         let (h, w) = (m.input.height as usize, m.input.width as usize);
         let mut map = anomaly_map::anomaly_map(&teacher, &students, &m.map, h, w);
         if let Some((bank, students_divisor, knn_divisor)) = &self.memory_bank {
-            map = fuse_memory_bank(map, &bank.map(&teacher, h, w, m.map.sigma), *students_divisor, *knn_divisor);
+            // Latency mode: both cores are free once the networks are done.
+            let threads = if self.parallel { 2 } else { 1 };
+            let knn = bank.map(&teacher, h, w, m.map.sigma, threads);
+            map = fuse_memory_bank(map, &knn, *students_divisor, *knn_divisor);
         }
         let score = anomaly_map::score(&map, m.map.score);
         t.map_ms = ms(s);

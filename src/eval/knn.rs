@@ -157,7 +157,7 @@ impl KnnScorer {
     /// Nearest-bank distances, upsampled to the input size and blurred like the students' map.
     fn knn_map(&self, img: &DynamicImage) -> Result<Map, DetectorError> {
         let teacher = self.detector.teacher_features(&preprocess::to_tensor(img, &self.input))?;
-        Ok(self.bank.map(&teacher, self.input.height as usize, self.input.width as usize, self.map.sigma))
+        Ok(self.bank.map(&teacher, self.input.height as usize, self.input.width as usize, self.map.sigma, 2))
     }
 }
 

@@ -156,7 +156,7 @@ fn write_golden(dir: &Path, t: &Trained, opts: &TrainOptions, m: &mut Manifest) 
         let (h, w) = (t.spec.height as usize, t.spec.width as usize);
         let mut map = anomaly_map::anomaly_map(&teacher, &students, &m.map, h, w);
         if let Some((bank, s, k)) = &bank {
-            map = fuse_memory_bank(map, &bank.map(&teacher, h, w, m.map.sigma), *s, *k);
+            map = fuse_memory_bank(map, &bank.map(&teacher, h, w, m.map.sigma, 1), *s, *k);
         }
         let sample = GoldenSample {
             image: format!("golden/{i:02}.png"),
@@ -208,7 +208,8 @@ fn write_memory_bank(dir: &Path, t: &Trained, opts: &TrainOptions, m: &Manifest)
     for path in &t.data.val {
         let input = preprocess::to_tensor(&preprocess::load_image(path)?, &t.spec);
         students += detector.map(&input, &mut Timings::default())?.1;
-        knn += anomaly_map::score(&bank.map(&detector.teacher_features(&input)?, h, w, m.map.sigma), m.map.score);
+        let teacher = detector.teacher_features(&input)?;
+        knn += anomaly_map::score(&bank.map(&teacher, h, w, m.map.sigma, 2), m.map.score);
     }
     let n = t.data.val.len().max(1) as f32;
     Ok(MemoryBankSpec {
