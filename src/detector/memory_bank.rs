@@ -9,11 +9,14 @@
 //! their own teacher features, so the bank adds nothing to the parity tolerance but the
 //! features' own differences.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ndarray::{Array2, ArrayView2, Axis};
 
 use super::anomaly_map::{self, FeatureMap, Map};
+use super::{Detector, level_shapes};
+use crate::bundle::Bundle;
+use crate::preprocess;
 use crate::synth::Rng;
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +155,20 @@ pub struct Candidates {
     rng: Rng,
 }
 
+/// How [`MemoryBank::fit`] builds a bank.
+#[derive(Debug, Clone)]
+pub struct FitOptions {
+    /// 1-based teacher levels, finest first.
+    pub levels: Vec<usize>,
+    /// Bank entries (the coreset's size).
+    pub size: usize,
+    /// Training features the coreset is chosen from (a random share of every image's
+    /// positions beyond this).
+    pub candidates: usize,
+    pub seed: u64,
+    pub progress: bool,
+}
+
 impl Candidates {
     /// For `images` images of `positions` embeddings each, keeping about `limit` in all.
     pub fn new(levels: &[usize], images: usize, positions: usize, limit: usize, seed: u64) -> Self {
@@ -179,6 +196,24 @@ impl Candidates {
 }
 
 impl MemoryBank {
+    /// A bank from normal images, their teacher features computed by `detector` (tract and
+    /// the bundle's preprocessing, as the daemon computes them).
+    pub fn fit(detector: &Detector, images: &[PathBuf], opts: &FitOptions) -> anyhow::Result<Self> {
+        let m = detector.manifest();
+        Self::check_levels(&opts.levels, m.teacher.channels.len())?;
+        let shapes = level_shapes(m);
+        let positions = opts.levels.iter().map(|&l| shapes[l - 1]).map(|[_, h, w]| h * w).max().unwrap_or(1);
+        let mut candidates = Candidates::new(&opts.levels, images.len(), positions, opts.candidates, opts.seed);
+        let bar = crate::progress::progress_bar(images.len() as u64, "memory bank", opts.progress);
+        for path in images {
+            let input = preprocess::to_tensor(&preprocess::load_image(path)?, &m.input);
+            candidates.add(&detector.teacher_features(&input)?);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok(candidates.into_bank(opts.size, opts.progress))
+    }
+
     pub fn new(levels: Vec<usize>, bank: Array2<f32>) -> Self {
         let bank_sq = sq_norms(bank.view());
         Self { levels, bank, bank_sq }
@@ -267,6 +302,49 @@ impl MemoryBank {
         let values = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         let bank = Array2::from_shape_vec((rows, dims), values).map_err(|e| err(e.to_string()))?;
         Ok(Self::new(levels, bank))
+    }
+}
+
+/// The hybrid map: a bank beside the students, and the divisors that make the two maps weigh
+/// alike (each map's mean image score on held-out normals).
+#[derive(Debug, Clone)]
+pub struct Hybrid {
+    pub bank: MemoryBank,
+    pub students_divisor: f32,
+    pub knn_divisor: f32,
+}
+
+impl Hybrid {
+    /// Divisors from the held-out normals' image scores of each map.
+    pub fn new(bank: MemoryBank, students_scores: &[f32], knn_scores: &[f32]) -> Self {
+        let mean = |v: &[f32]| (v.iter().sum::<f32>() / v.len().max(1) as f32).max(1e-9);
+        Self { bank, students_divisor: mean(students_scores), knn_divisor: mean(knn_scores) }
+    }
+
+    /// The bundle's `[memory_bank]`, checked against its manifest; `None` without one.
+    pub fn load(bundle: &Bundle) -> Result<Option<Self>, MemoryBankError> {
+        let Some(spec) = &bundle.manifest.memory_bank else { return Ok(None) };
+        MemoryBank::check_levels(&spec.levels, bundle.manifest.teacher.channels.len())?;
+        let bank = MemoryBank::read(&bundle.path(&spec.file), spec.levels.clone(), spec.rows, spec.dims)?;
+        Ok(Some(Self { bank, students_divisor: spec.students_divisor, knn_divisor: spec.knn_divisor }))
+    }
+
+    /// `students / students_divisor + knn / knn_divisor`, the kNN map from `teacher`'s
+    /// features at the students' map's size.
+    pub fn fuse(&self, students: Map, teacher: &[FeatureMap], sigma: f32, threads: usize) -> Map {
+        let knn = self.bank.map(teacher, students.height, students.width, sigma, threads);
+        self.fuse_maps(students, &knn)
+    }
+
+    /// `students / students_divisor + knn / knn_divisor` of two maps of one size.
+    pub fn fuse_maps(&self, students: Map, knn: &Map) -> Map {
+        let data = students
+            .data
+            .iter()
+            .zip(&knn.data)
+            .map(|(s, k)| s / self.students_divisor + k / self.knn_divisor)
+            .collect();
+        Map { data, ..students }
     }
 }
 

@@ -21,7 +21,7 @@ use tract_onnx::prelude::*;
 use crate::bundle::{Bundle, BundleError, GraphSet, Manifest};
 use crate::preprocess;
 use anomaly_map::{FeatureMap, Map};
-use memory_bank::MemoryBank;
+use memory_bank::Hybrid;
 use verdict::Verdict;
 
 /// Which graphs of a bundle to run.
@@ -107,8 +107,8 @@ pub struct Detector {
     teacher: Graph,
     student_e: Graph,
     student_d: Option<Graph>,
-    /// The hybrid map's bank and (students, kNN) divisors, when the bundle has one.
-    memory_bank: Option<(MemoryBank, f32, f32)>,
+    /// The hybrid map's bank and divisors, when the bundle has one.
+    memory_bank: Option<Hybrid>,
     levels: Vec<[usize; 3]>,
     /// Teacher on its own thread beside Se -> Sd (latency), or all on the caller's thread
     /// (throughput: one frame per core).
@@ -194,7 +194,7 @@ impl Detector {
             teacher: graph(&set.teacher, std::slice::from_ref(&image))?,
             student_e: graph(&set.student_e, std::slice::from_ref(&image))?,
             student_d: set.student_d.as_deref().map(|f| graph(f, &level_inputs)).transpose()?,
-            memory_bank: load_memory_bank(bundle)?,
+            memory_bank: Hybrid::load(bundle)?,
             levels,
             parallel: true,
         })
@@ -303,19 +303,23 @@ impl Detector {
     pub fn map(&self, input: &[f32], t: &mut Timings) -> Result<(Map, f32), DetectorError> {
         let [teacher, e, d] = self.features(input, t)?;
         let s = Instant::now();
-        let students: Vec<&[FeatureMap]> = [&e[..], &d[..]].into_iter().filter(|s| !s.is_empty()).collect();
-        let m = &self.manifest;
-        let (h, w) = (m.input.height as usize, m.input.width as usize);
-        let mut map = anomaly_map::anomaly_map(&teacher, &students, &m.map, h, w);
-        if let Some((bank, students_divisor, knn_divisor)) = &self.memory_bank {
+        let mut map = self.students_map(&teacher, &e, &d);
+        if let Some(hybrid) = &self.memory_bank {
             // Latency mode: both cores are free once the networks are done.
             let threads = if self.parallel { 2 } else { 1 };
-            let knn = bank.map(&teacher, h, w, m.map.sigma, threads);
-            map = fuse_memory_bank(map, &knn, *students_divisor, *knn_divisor);
+            map = hybrid.fuse(map, &teacher, self.manifest.map.sigma, threads);
         }
-        let score = anomaly_map::score(&map, m.map.score);
+        let score = anomaly_map::score(&map, self.manifest.map.score);
         t.map_ms = ms(s);
         Ok((map, score))
+    }
+
+    /// The students' map of computed features (Se's, and Sd's unless empty), without the
+    /// memory bank, at input size.
+    pub fn students_map(&self, teacher: &[FeatureMap], e: &[FeatureMap], d: &[FeatureMap]) -> Map {
+        let students: Vec<&[FeatureMap]> = [e, d].into_iter().filter(|s| !s.is_empty()).collect();
+        let m = &self.manifest;
+        anomaly_map::anomaly_map(teacher, &students, &m.map, m.input.height as usize, m.input.width as usize)
     }
 
     /// (image, pixel) thresholds calibrated for this precision.
@@ -352,20 +356,6 @@ impl Detector {
         timings.total_ms = ms(start);
         Ok(Inspection { map, verdict, timings })
     }
-}
-
-/// The bundle's memory bank with its divisors, checked against the manifest.
-fn load_memory_bank(bundle: &Bundle) -> Result<Option<(MemoryBank, f32, f32)>, DetectorError> {
-    let Some(spec) = &bundle.manifest.memory_bank else { return Ok(None) };
-    MemoryBank::check_levels(&spec.levels, bundle.manifest.teacher.channels.len())?;
-    let bank = MemoryBank::read(&bundle.path(&spec.file), spec.levels.clone(), spec.rows, spec.dims)?;
-    Ok(Some((bank, spec.students_divisor, spec.knn_divisor)))
-}
-
-/// The hybrid map: `students / students_divisor + knn / knn_divisor`.
-pub fn fuse_memory_bank(students: Map, knn: &Map, students_divisor: f32, knn_divisor: f32) -> Map {
-    let data = students.data.iter().zip(&knn.data).map(|(s, k)| s / students_divisor + k / knn_divisor).collect();
-    Map { data, ..students }
 }
 
 fn is_zero(v: &f64) -> bool {

@@ -12,15 +12,15 @@
 //! not, the teacher's features are the limit. With `fuse`, the students' map is added: the
 //! hybrid that `dskd-train --memory-bank` builds into bundles, measured without exporting one.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use image::DynamicImage;
 
 use crate::bundle::{Bundle, Calibration};
 use crate::dataset;
 use crate::detector::anomaly_map::{self, Map, MapSettings};
-use crate::detector::memory_bank::{Candidates, MemoryBank};
-use crate::detector::{Detector, DetectorError, Inspection, Precision, Timings, level_shapes, verdict};
+use crate::detector::memory_bank::{FitOptions, Hybrid, MemoryBank};
+use crate::detector::{Detector, DetectorError, Inspection, Precision, Timings, verdict};
 use crate::preprocess::{self, InputSpec};
 
 /// How the nearest-neighbour scorer is built.
@@ -55,9 +55,9 @@ pub struct KnnScorer {
     detector: Detector,
     input: InputSpec,
     map: MapSettings,
-    bank: MemoryBank,
-    /// With `fuse`: the divisors of the kNN and the students' maps.
-    fuse: Option<(f32, f32)>,
+    /// The bank, with the divisors of the students' map when fused (`fuse`).
+    hybrid: Hybrid,
+    fuse: bool,
     pub calibration: Calibration,
 }
 
@@ -71,48 +71,44 @@ impl KnnScorer {
     /// Builds the bank from the split's `train` images and calibrates on its `val` images.
     pub fn fit(bundle: &Bundle, opts: &KnnOptions) -> anyhow::Result<Self> {
         let detector = Detector::load(bundle, Precision::F32)?;
-        let count = bundle.manifest.teacher.channels.len();
-        MemoryBank::check_levels(&opts.levels, count)?;
+        MemoryBank::check_levels(&opts.levels, bundle.manifest.teacher.channels.len())?;
         if !opts.split.is_file() {
             return Err(KnnError::NoSplit(opts.split.clone()).into());
         }
         let entries = dataset::read_split(&opts.split)?;
-        let paths = |role: &str| -> Vec<&Path> {
-            entries.iter().filter(|e| e.role == role).map(|e| e.path.as_path()).collect()
+        let paths = |role: &str| -> Vec<PathBuf> {
+            entries.iter().filter(|e| e.role == role).map(|e| e.path.clone()).collect()
         };
         let (train, val) = (paths("train"), paths("val"));
         if train.is_empty() || val.len() < 2 {
             return Err(KnnError::NoSplit(opts.split.clone()).into());
         }
-        let finest = opts.levels.iter().map(|&l| level_shapes(&bundle.manifest)[l - 1]).map(|[_, h, w]| h * w).max();
-        let mut candidates =
-            Candidates::new(&opts.levels, train.len(), finest.unwrap_or(1), opts.candidates, opts.seed);
-        let bar = crate::progress::progress_bar(train.len() as u64, "knn bank", opts.progress);
-        for path in &train {
-            let input = preprocess::to_tensor(&preprocess::load_image(path)?, &bundle.manifest.input);
-            candidates.add(&detector.teacher_features(&input)?);
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
+        let fit = FitOptions {
+            levels: opts.levels.clone(),
+            size: opts.bank,
+            candidates: opts.candidates,
+            seed: opts.seed,
+            progress: opts.progress,
+        };
+        let bank = MemoryBank::fit(&detector, &train, &fit)?;
         let mut scorer = Self {
             input: bundle.manifest.input.clone(),
             map: bundle.manifest.map.clone(),
             detector,
-            bank: candidates.into_bank(opts.bank, opts.progress),
-            fuse: None,
+            hybrid: Hybrid::new(bank, &[], &[]),
+            fuse: opts.fuse,
             calibration: bundle.manifest.calibration.clone(),
         };
 
         let mut val_maps = Vec::with_capacity(val.len());
         for path in &val {
-            val_maps.push(scorer.maps(&preprocess::load_image(path)?, opts.fuse)?);
+            val_maps.push(scorer.maps(&preprocess::load_image(path)?)?);
         }
         if opts.fuse {
-            let n = val_maps.len() as f32;
-            let mean = |maps: Vec<&Map>| maps.iter().map(|m| anomaly_map::score(m, scorer.map.score)).sum::<f32>() / n;
-            let k = mean(val_maps.iter().map(|m| &m.0).collect());
-            let s = mean(val_maps.iter().filter_map(|m| m.1.as_ref()).collect());
-            scorer.fuse = Some((k.max(1e-9), s.max(1e-9)));
+            let scores = |maps: Vec<&Map>| maps.iter().map(|m| anomaly_map::score(m, scorer.map.score)).collect();
+            let k: Vec<f32> = scores(val_maps.iter().map(|m| &m.0).collect());
+            let s: Vec<f32> = scores(val_maps.iter().filter_map(|m| m.1.as_ref()).collect());
+            scorer.hybrid = Hybrid::new(scorer.hybrid.bank, &s, &k);
         }
         let (mut scores, mut pixels) = (Vec::new(), Vec::new());
         for (knn, students) in val_maps {
@@ -127,37 +123,33 @@ impl KnnScorer {
 
     /// Anomaly map at input size and its score.
     fn map(&self, img: &DynamicImage) -> Result<(Map, f32), DetectorError> {
-        let (knn, students) = self.maps(img, self.fuse.is_some())?;
+        let (knn, students) = self.maps(img)?;
         let map = self.fused(knn, students);
         let score = anomaly_map::score(&map, self.map.score);
         Ok((map, score))
     }
 
-    /// The kNN map and, when asked, the students' map of the bundle (both at input size).
-    fn maps(&self, img: &DynamicImage, students: bool) -> Result<(Map, Option<Map>), DetectorError> {
-        let knn = self.knn_map(img)?;
-        let students = match students {
-            true => Some(self.detector.map(&preprocess::to_tensor(img, &self.input), &mut Timings::default())?.0),
-            false => None,
+    /// The kNN map and, when fused, the students' map of the bundle (both at input size),
+    /// from one run of the networks.
+    fn maps(&self, img: &DynamicImage) -> Result<(Map, Option<Map>), DetectorError> {
+        let input = preprocess::to_tensor(img, &self.input);
+        let (teacher, students) = if self.fuse {
+            let [teacher, e, d] = self.detector.features(&input, &mut Timings::default())?;
+            let students = self.detector.students_map(&teacher, &e, &d);
+            (teacher, Some(students))
+        } else {
+            (self.detector.teacher_features(&input)?, None)
         };
-        Ok((knn, students))
+        let (h, w) = (self.input.height as usize, self.input.width as usize);
+        Ok((self.hybrid.bank.map(&teacher, h, w, self.map.sigma, 2), students))
     }
 
-    /// `knn / k + students / s` with the divisors fitted on the `val` normals, or the kNN map.
+    /// The kNN map alone, or fused with the students' map by the hybrid's divisors.
     fn fused(&self, knn: Map, students: Option<Map>) -> Map {
-        match (self.fuse, students) {
-            (Some((k, s)), Some(st)) => {
-                let data = knn.data.iter().zip(&st.data).map(|(a, b)| a / k + b / s).collect();
-                Map { data, ..knn }
-            }
-            _ => knn,
+        match students {
+            Some(st) => self.hybrid.fuse_maps(st, &knn),
+            None => knn,
         }
-    }
-
-    /// Nearest-bank distances, upsampled to the input size and blurred like the students' map.
-    fn knn_map(&self, img: &DynamicImage) -> Result<Map, DetectorError> {
-        let teacher = self.detector.teacher_features(&preprocess::to_tensor(img, &self.input))?;
-        Ok(self.bank.map(&teacher, self.input.height as usize, self.input.width as usize, self.map.sigma, 2))
     }
 }
 

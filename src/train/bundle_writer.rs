@@ -19,8 +19,8 @@ use crate::bundle::{
 };
 use crate::calibrate::calibrate;
 use crate::detector::anomaly_map::{self, FeatureMap};
-use crate::detector::memory_bank::{Candidates, MemoryBank};
-use crate::detector::{Detector, Precision, Probe, Timings, fuse_memory_bank, level_shapes};
+use crate::detector::memory_bank::{FitOptions, Hybrid, MemoryBank};
+use crate::detector::{Detector, Precision, Probe, Timings};
 use crate::preprocess;
 use crate::verify::check_golden;
 
@@ -139,14 +139,7 @@ fn draft_manifest(t: &Trained, opts: &TrainOptions, f32_set: GraphSet) -> Result
 fn write_golden(dir: &Path, t: &Trained, opts: &TrainOptions, m: &mut Manifest) -> Result<f32> {
     std::fs::create_dir_all(dir.join("golden"))?;
     let device = opts.device.clone();
-    let bank = match &m.memory_bank {
-        Some(b) => Some((
-            MemoryBank::read(&dir.join(&b.file), b.levels.clone(), b.rows, b.dims)?,
-            b.students_divisor,
-            b.knn_divisor,
-        )),
-        None => None,
-    };
+    let hybrid = Hybrid::load(&Bundle { dir: dir.to_owned(), manifest: m.clone() })?;
     for (i, path) in t.data.val.iter().take(opts.golden.max(1)).enumerate() {
         let img = preprocess::load_image(path)?;
         let rgb = preprocess::resize_rgb(&img, &t.spec);
@@ -155,8 +148,8 @@ fn write_golden(dir: &Path, t: &Trained, opts: &TrainOptions, m: &mut Manifest) 
         let students: Vec<&[FeatureMap]> = [&e[..], &d[..]].into_iter().filter(|s| !s.is_empty()).collect();
         let (h, w) = (t.spec.height as usize, t.spec.width as usize);
         let mut map = anomaly_map::anomaly_map(&teacher, &students, &m.map, h, w);
-        if let Some((bank, s, k)) = &bank {
-            map = fuse_memory_bank(map, &bank.map(&teacher, h, w, m.map.sigma, 1), *s, *k);
+        if let Some(hybrid) = &hybrid {
+            map = hybrid.fuse(map, &teacher, m.map.sigma, 1);
         }
         let sample = GoldenSample {
             image: format!("golden/{i:02}.png"),
@@ -189,36 +182,32 @@ const BANK_FILE: &str = "memory_bank.safetensors";
 /// that make the students' and the kNN maps weigh alike: each map's mean score on the
 /// held-out normals.
 fn write_memory_bank(dir: &Path, t: &Trained, opts: &TrainOptions, m: &Manifest) -> Result<MemoryBankSpec> {
-    let levels = opts.memory_bank_levels.clone();
-    MemoryBank::check_levels(&levels, m.teacher.channels.len())?;
     let detector = Detector::load(&Bundle { dir: dir.to_owned(), manifest: m.clone() }, Precision::F32)?;
-    let positions = levels.iter().map(|&l| level_shapes(m)[l - 1]).map(|[_, h, w]| h * w).max().unwrap_or(1);
-    let mut candidates = Candidates::new(&levels, t.data.train.len(), positions, BANK_CANDIDATES, opts.seed);
-    let bar = progress_bar(t.data.train.len() as u64, "memory bank", opts.progress);
-    for path in &t.data.train {
-        let input = preprocess::to_tensor(&preprocess::load_image(path)?, &t.spec);
-        candidates.add(&detector.teacher_features(&input)?);
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let bank = candidates.into_bank(opts.memory_bank, opts.progress);
+    let fit = FitOptions {
+        levels: opts.memory_bank_levels.clone(),
+        size: opts.memory_bank,
+        candidates: BANK_CANDIDATES,
+        seed: opts.seed,
+        progress: opts.progress,
+    };
+    let bank = MemoryBank::fit(&detector, &t.data.train, &fit)?;
     bank.write(&dir.join(BANK_FILE))?;
     let (h, w) = (t.spec.height as usize, t.spec.width as usize);
-    let (mut students, mut knn) = (0.0f32, 0.0f32);
+    let (mut students, mut knn) = (Vec::new(), Vec::new());
     for path in &t.data.val {
         let input = preprocess::to_tensor(&preprocess::load_image(path)?, &t.spec);
-        students += detector.map(&input, &mut Timings::default())?.1;
-        let teacher = detector.teacher_features(&input)?;
-        knn += anomaly_map::score(&bank.map(&teacher, h, w, m.map.sigma, 2), m.map.score);
+        let [teacher, e, d] = detector.features(&input, &mut Timings::default())?;
+        students.push(anomaly_map::score(&detector.students_map(&teacher, &e, &d), m.map.score));
+        knn.push(anomaly_map::score(&bank.map(&teacher, h, w, m.map.sigma, 2), m.map.score));
     }
-    let n = t.data.val.len().max(1) as f32;
+    let hybrid = Hybrid::new(bank, &students, &knn);
     Ok(MemoryBankSpec {
         file: BANK_FILE.into(),
-        levels,
-        rows: bank.rows(),
-        dims: bank.dims(),
-        students_divisor: (students / n).max(1e-9),
-        knn_divisor: (knn / n).max(1e-9),
+        levels: fit.levels,
+        rows: hybrid.bank.rows(),
+        dims: hybrid.bank.dims(),
+        students_divisor: hybrid.students_divisor,
+        knn_divisor: hybrid.knn_divisor,
     })
 }
 

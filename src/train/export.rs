@@ -172,11 +172,9 @@ pub fn backbone_graph(
     g.inputs.push((INPUT.into(), vec![1, 3, spec.height as usize, spec.width as usize]));
     let x = INPUT.to_string();
     let taps = if let Some(m) = &net.mobilenet_v2 {
-        use super::nets::mobilenet_v2::TAPS;
-        inverted_residual_net(&mut g, x, &m.stem, &m.blocks, |i| TAPS.contains(&(i + 1)))
+        inverted_residual_net(&mut g, x, &m.stem, &m.blocks, super::nets::mobilenet_v2::is_tap)
     } else if let Some(e) = &net.efficientnet_lite {
-        use super::nets::efficientnet_lite::TAPS;
-        inverted_residual_net(&mut g, x, &e.stem, &e.blocks, |i| TAPS.contains(&i))
+        inverted_residual_net(&mut g, x, &e.stem, &e.blocks, super::nets::efficientnet_lite::is_tap)
     } else if let Some(r) = &net.resnet {
         resnet(&mut g, x, r)
     } else if let Some(d) = &net.dense {

@@ -77,8 +77,7 @@ impl OnnxGraph {
         self.initializers.iter().find(|i| i.name == name)
     }
 
-    /// A convolution `[cout, cin/groups, k, k]` with bias, symmetric padding `k/2`.
-    /// A convolution `[cout, cin/groups, k, k]` with (top, left, bottom, right) padding.
+    /// A convolution `[cout, cin/groups, k, k]` with bias and (top, left, bottom, right) padding.
     #[allow(clippy::too_many_arguments)]
     pub fn conv(
         &mut self,

@@ -19,6 +19,11 @@ const STAGES: [(usize, usize, usize, usize, usize); 5] =
 /// Block indices (0-based) whose outputs are the pyramid taps.
 pub const TAPS: [usize; 3] = [2, 4, 10];
 pub const TAP_CHANNELS: [usize; 3] = [24, 40, 112];
+/// Whether block `i` (0-based) ends at a pyramid tap: the rule the network and its ONNX
+/// export share.
+pub fn is_tap(i: usize) -> bool {
+    TAPS.contains(&i)
+}
 /// The input normalisation the weights were trained with: `(x*255 - 127) / 128` on RGB.
 pub const MEAN: [f32; 3] = [127.0 / 255.0; 3];
 pub const STD: [f32; 3] = [128.0 / 255.0; 3];
@@ -46,7 +51,7 @@ impl EfficientNetLite {
 
     /// The three tap outputs.
     pub fn forward(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
-        forward_taps(&self.stem, &self.blocks, x, |i| TAPS.contains(&i))
+        forward_taps(&self.stem, &self.blocks, x, is_tap)
     }
 
     /// EfficientNet-PyTorch (conv, bn) name prefixes of every ConvBn, in

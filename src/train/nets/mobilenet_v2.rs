@@ -17,6 +17,11 @@ const STAGES: [(usize, usize, usize, usize); 5] =
 /// `features.N` indices whose outputs are the pyramid taps.
 pub const TAPS: [usize; 3] = [3, 6, 13];
 pub const TAP_CHANNELS: [usize; 3] = [24, 32, 96];
+/// Whether block `i` (0-based; torchvision's `features.{i+1}`) ends at a pyramid tap: the
+/// rule the network and its ONNX export share.
+pub fn is_tap(i: usize) -> bool {
+    TAPS.contains(&(i + 1))
+}
 
 /// One inverted residual block: (expand 1x1) -> depthwise 3x3 -> project 1x1 (linear).
 #[derive(Module, Debug)]
@@ -70,7 +75,7 @@ impl MobileNetV2 {
 
     /// The three tap outputs.
     pub fn forward(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
-        forward_taps(&self.stem, &self.blocks, x, |i| TAPS.contains(&(i + 1)))
+        forward_taps(&self.stem, &self.blocks, x, is_tap)
     }
 
     /// torchvision (conv, bn) name prefixes of every ConvBn, in [`layers_mut`](Self::layers_mut) order.
