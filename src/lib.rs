@@ -13,6 +13,7 @@
 //! ```
 //!
 //! - [`preprocess`]: the single definition of resize + normalisation (trainer and daemon).
+//! - [`augment`]: flipped and turned copies of normal images (training and memory bank).
 //! - [`bundle`]: the model bundle on disk: manifest, hashes, golden samples.
 //! - [`detector`]: the only module that runs tract; anomaly maps and verdicts.
 //! - [`dataset`]: split files, and resized copies of them (`dskd resize`).
@@ -22,6 +23,7 @@
 //! - [`overlay`]: heatmap overlays people can read.
 //! - `train` (feature `train`): the trainer behind `dskd-train`.
 
+pub mod augment;
 pub mod backoff;
 pub mod bench;
 pub mod bundle;

@@ -136,6 +136,13 @@ enum Command {
         /// the split's val normals), the hybrid of both.
         #[arg(long, requires = "knn")]
         knn_fuse: bool,
+        /// With --knn-fuse: the kNN map's weight against the students' (1 = both peak alike on
+        /// the val normals).
+        #[arg(long, default_value_t = 1.0, requires = "knn_fuse")]
+        knn_weight: f32,
+        /// With --knn: also bank flipped (or flipped and turned) copies of the train images.
+        #[arg(long, value_enum, default_value_t = dskd::augment::Augment::None, requires = "knn")]
+        knn_augment: dskd::augment::Augment,
     },
     /// Copy the images of a split file resized to the training size (same resize as the
     /// detector), with a new split.tsv: a training set small enough to carry to a GPU machine.
@@ -311,7 +318,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bench(&opts, json, no_reference)
         }
         Command::Cameras => cameras(),
-        Command::Eval { bundle, dataset, int8, out, quiet, knn, knn_levels, knn_bank, knn_candidates, knn_fuse } => {
+        Command::Eval {
+            bundle,
+            dataset,
+            int8,
+            out,
+            quiet,
+            knn,
+            knn_levels,
+            knn_bank,
+            knn_candidates,
+            knn_fuse,
+            knn_weight,
+            knn_augment,
+        } => {
             let precision = if int8 { Precision::Int8 } else { Precision::F32 };
             let knn = knn.map(|split| dskd::eval::knn::KnnOptions {
                 split,
@@ -321,6 +341,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 seed: 42,
                 progress: !quiet,
                 fuse: knn_fuse,
+                knn_weight,
+                augment: knn_augment,
             });
             let opts = dskd::eval::EvalOptions { bundle, dataset, precision, progress: !quiet, knn };
             let (report, scorer) = dskd::eval::evaluate(&opts)?;

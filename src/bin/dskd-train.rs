@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use dskd::augment::Augment;
 use dskd::detector::anomaly_map::{Fusion, MapSettings, ScoreMode};
 use dskd::preprocess::Normalize;
 use dskd::train::nets::backbone::Arch;
@@ -50,6 +51,7 @@ struct Args {
     /// mean and deviation per channel: blind to exposure and gain changes between shots).
     #[arg(long, default_value = "fixed", value_parser = ["fixed", "per-image"])]
     normalize: String,
+    /// Most epochs; training usually ends before, at the early stop (--patience).
     #[arg(long, default_value_t = 200)]
     epochs: usize,
     /// Stop after this many optimiser steps in all.
@@ -96,6 +98,11 @@ struct Args {
     /// Teacher levels (1-based, finest first) the memory bank's features come from.
     #[arg(long, value_delimiter = ',', default_values_t = [2usize, 3])]
     memory_bank_levels: Vec<usize>,
+    /// Also train (and bank) flipped copies of each good image (`flip`: 4 copies), or every
+    /// flip and quarter turn (`rotate`: 8). For surfaces with no up or left (tiles, sheet,
+    /// fabric); leave off for objects with an orientation. An epoch passes every copy.
+    #[arg(long, value_enum, default_value_t = Augment::None)]
+    augment: Augment,
     /// Weight of the optional Se–Sd agreement term in the loss (0 = off).
     #[arg(long, default_value_t = 0.0)]
     se_sd_weight: f32,
@@ -106,6 +113,15 @@ struct Args {
     /// bundle is written from the best epoch so far.
     #[arg(long, value_name = "MINUTES")]
     time_budget: Option<f64>,
+    /// Early stop: end training once the best held-out loss improved by less than
+    /// --min-improvement over the last this many epochs (0 = run all --epochs). The
+    /// detection figures stop improving long before the loss does (docs/RESULTS.md).
+    #[arg(long, value_name = "EPOCHS", default_value_t = 3)]
+    patience: usize,
+    /// Relative improvement of the held-out loss over --patience epochs below which training
+    /// stops (0.02 = 2%).
+    #[arg(long, default_value_t = 0.02)]
+    min_improvement: f32,
     /// Do not train: write the bundle from `<checkpoints>/best.bpk` (e.g. a model trained on a
     /// GPU machine, or to retry int8 with other settings). Give the same --teacher, --size,
     /// --students, --normalize and data as the training run.
@@ -210,8 +226,11 @@ fn run(args: Args) -> Result<()> {
         map: MapSettings { fusion, sigma: args.sigma, score },
         memory_bank: args.memory_bank,
         memory_bank_levels: args.memory_bank_levels,
+        augment: args.augment,
         resume: args.resume,
         time_budget_s: args.time_budget.map(|m| m * 60.0),
+        patience: args.patience,
+        min_improvement: args.min_improvement,
         export_only: args.export_only,
         no_bundle: args.no_bundle,
         int8_bound: args.int8_bound,

@@ -15,6 +15,7 @@ use ndarray::{Array2, ArrayView2, Axis};
 
 use super::anomaly_map::{self, FeatureMap, Map};
 use super::{Detector, level_shapes};
+use crate::augment::Augment;
 use crate::bundle::Bundle;
 use crate::preprocess;
 use crate::synth::Rng;
@@ -167,6 +168,8 @@ pub struct FitOptions {
     pub candidates: usize,
     pub seed: u64,
     pub progress: bool,
+    /// Flipped or turned copies of each image added as candidates too.
+    pub augment: Augment,
 }
 
 impl Candidates {
@@ -203,11 +206,16 @@ impl MemoryBank {
         Self::check_levels(&opts.levels, m.teacher.channels.len())?;
         let shapes = level_shapes(m);
         let positions = opts.levels.iter().map(|&l| shapes[l - 1]).map(|[_, h, w]| h * w).max().unwrap_or(1);
-        let mut candidates = Candidates::new(&opts.levels, images.len(), positions, opts.candidates, opts.seed);
+        let (h, w) = (m.input.height as usize, m.input.width as usize);
+        opts.augment.check(w, h)?;
+        let copies = images.len() * opts.augment.copies();
+        let mut candidates = Candidates::new(&opts.levels, copies, positions, opts.candidates, opts.seed);
         let bar = crate::progress::progress_bar(images.len() as u64, "memory bank", opts.progress);
         for path in images {
             let input = preprocess::to_tensor(&preprocess::load_image(path)?, &m.input);
-            candidates.add(&detector.teacher_features(&input)?);
+            for copy in opts.augment.apply(&input, h, w) {
+                candidates.add(&detector.teacher_features(&copy)?);
+            }
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -306,7 +314,8 @@ impl MemoryBank {
 }
 
 /// The hybrid map: a bank beside the students, and the divisors that make the two maps weigh
-/// alike (each map's mean image score on held-out normals).
+/// as asked (each map's mean image score on held-out normals; the kNN one divided by its
+/// weight relative to the students').
 #[derive(Debug, Clone)]
 pub struct Hybrid {
     pub bank: MemoryBank,
@@ -315,10 +324,12 @@ pub struct Hybrid {
 }
 
 impl Hybrid {
-    /// Divisors from the held-out normals' image scores of each map.
-    pub fn new(bank: MemoryBank, students_scores: &[f32], knn_scores: &[f32]) -> Self {
+    /// Divisors from the held-out normals' image scores of each map: at `knn_weight` 1 a
+    /// typical normal image's two maps peak alike; above 1 the kNN map counts for more.
+    pub fn new(bank: MemoryBank, students_scores: &[f32], knn_scores: &[f32], knn_weight: f32) -> Self {
         let mean = |v: &[f32]| (v.iter().sum::<f32>() / v.len().max(1) as f32).max(1e-9);
-        Self { bank, students_divisor: mean(students_scores), knn_divisor: mean(knn_scores) }
+        let knn_divisor = mean(knn_scores) / knn_weight.max(1e-6);
+        Self { bank, students_divisor: mean(students_scores), knn_divisor }
     }
 
     /// The bundle's `[memory_bank]`, checked against its manifest; `None` without one.

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 
 use image::DynamicImage;
 
+use crate::augment::Augment;
 use crate::bundle::{Bundle, Calibration};
 use crate::dataset;
 use crate::detector::anomaly_map::{self, Map, MapSettings};
@@ -39,14 +40,20 @@ pub struct KnnOptions {
     /// Add the bundle's students' map to the kNN map, each divided by its mean image score on
     /// the `val` normals so both weigh alike (the hybrid map).
     pub fuse: bool,
+    /// With `fuse`: the kNN map's weight against the students' (1 = alike on normals).
+    pub knn_weight: f32,
+    /// Flipped or turned copies of the `train` images in the bank too.
+    pub augment: Augment,
 }
 
 impl KnnOptions {
     /// One line saying what was scored, for reports.
     pub fn describe(&self) -> String {
         let levels: Vec<String> = self.levels.iter().map(|l| l.to_string()).collect();
-        let fused = if self.fuse { " + students" } else { "" };
-        format!("knn (teacher levels {}, bank {}){fused}", levels.join("+"), self.bank)
+        let fused = if self.fuse { format!(" + students (knn weight {})", self.knn_weight) } else { String::new() };
+        let aug =
+            if self.augment == Augment::None { String::new() } else { format!(", augment {}", self.augment.name()) };
+        format!("knn (teacher levels {}, bank {}{aug}){fused}", levels.join("+"), self.bank)
     }
 }
 
@@ -89,13 +96,14 @@ impl KnnScorer {
             candidates: opts.candidates,
             seed: opts.seed,
             progress: opts.progress,
+            augment: opts.augment,
         };
         let bank = MemoryBank::fit(&detector, &train, &fit)?;
         let mut scorer = Self {
             input: bundle.manifest.input.clone(),
             map: bundle.manifest.map.clone(),
             detector,
-            hybrid: Hybrid::new(bank, &[], &[]),
+            hybrid: Hybrid::new(bank, &[], &[], 1.0),
             fuse: opts.fuse,
             calibration: bundle.manifest.calibration.clone(),
         };
@@ -108,7 +116,7 @@ impl KnnScorer {
             let scores = |maps: Vec<&Map>| maps.iter().map(|m| anomaly_map::score(m, scorer.map.score)).collect();
             let k: Vec<f32> = scores(val_maps.iter().map(|m| &m.0).collect());
             let s: Vec<f32> = scores(val_maps.iter().filter_map(|m| m.1.as_ref()).collect());
-            scorer.hybrid = Hybrid::new(scorer.hybrid.bank, &s, &k);
+            scorer.hybrid = Hybrid::new(scorer.hybrid.bank, &s, &k, opts.knn_weight);
         }
         let (mut scores, mut pixels) = (Vec::new(), Vec::new());
         for (knn, students) in val_maps {

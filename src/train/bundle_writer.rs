@@ -81,6 +81,7 @@ fn draft_manifest(t: &Trained, opts: &TrainOptions, f32_set: GraphSet) -> Result
         ("batch".into(), opts.batch.to_string()),
         ("shards".into(), opts.shards.to_string()),
         ("student_e".into(), opts.student_e.name().into()),
+        ("augment".into(), opts.augment.name().into()),
         ("lr".into(), opts.lr.to_string()),
         ("seed".into(), opts.seed.to_string()),
         ("device".into(), t.trained_on.clone()),
@@ -189,6 +190,7 @@ fn write_memory_bank(dir: &Path, t: &Trained, opts: &TrainOptions, m: &Manifest)
         candidates: BANK_CANDIDATES,
         seed: opts.seed,
         progress: opts.progress,
+        augment: opts.augment,
     };
     let bank = MemoryBank::fit(&detector, &t.data.train, &fit)?;
     bank.write(&dir.join(BANK_FILE))?;
@@ -200,7 +202,7 @@ fn write_memory_bank(dir: &Path, t: &Trained, opts: &TrainOptions, m: &Manifest)
         students.push(anomaly_map::score(&detector.students_map(&teacher, &e, &d), m.map.score));
         knn.push(anomaly_map::score(&bank.map(&teacher, h, w, m.map.sigma, 2), m.map.score));
     }
-    let hybrid = Hybrid::new(bank, &students, &knn);
+    let hybrid = Hybrid::new(bank, &students, &knn, 1.0);
     Ok(MemoryBankSpec {
         file: BANK_FILE.into(),
         levels: fit.levels,

@@ -20,6 +20,7 @@ use super::loss::dskd_loss;
 use super::nets::backbone::{Arch, Backbone};
 use super::nets::students::{StudentE, Students};
 use super::weights;
+use crate::augment::Augment;
 use crate::detector::anomaly_map::{FeatureMap, MapSettings};
 use crate::preprocess::{self, InputSpec, Normalize};
 use crate::synth::Rng;
@@ -64,10 +65,16 @@ pub struct TrainOptions {
     /// the teacher levels (1-based) they come from.
     pub memory_bank: usize,
     pub memory_bank_levels: Vec<usize>,
+    /// Flipped or turned copies of the training images (students and memory bank).
+    pub augment: Augment,
     pub resume: bool,
     /// Stop fitting once the next epoch would end after this many seconds (the bundle is still
     /// written from the best checkpoint so far).
     pub time_budget_s: Option<f64>,
+    /// Early stop: end training once the best held-out loss improved by less than
+    /// `min_improvement` (relative) over the last `patience` epochs (0 = never).
+    pub patience: usize,
+    pub min_improvement: f32,
     /// Skip training: export the bundle from `<checkpoints>/best.bpk`.
     pub export_only: bool,
     /// Train and checkpoint only (export later with `export_only`, e.g. on another machine).
@@ -109,6 +116,21 @@ struct State {
     /// `--device` of the training run.
     #[serde(default)]
     device: String,
+    /// Best held-out loss so far after each epoch (for the early stop; kept across `--resume`).
+    #[serde(default)]
+    best_history: Vec<f32>,
+}
+
+/// The early stop's rule: `Some(relative improvement)` when the best held-out loss after the
+/// last epoch is less than `min_improvement` below the best `patience` epochs earlier.
+pub fn plateaued(best_history: &[f32], patience: usize, min_improvement: f32) -> Option<f32> {
+    if patience == 0 || best_history.len() <= patience {
+        return None;
+    }
+    let now = *best_history.last()?;
+    let then = best_history[best_history.len() - 1 - patience];
+    let gain = (then - now) / then.abs().max(1e-12);
+    (gain < min_improvement).then_some(gain)
 }
 
 /// The options a checkpoint only makes sense with.
@@ -406,11 +428,15 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
     }
     tracing::info!(train = data.train.len(), val = data.val.len(), "data");
     // Teacher and validation batches have the training batch's size: fewer shapes to compile.
-    let features = |paths: &[PathBuf]| -> Result<Vec<Sample>> {
+    let (h, w) = (spec.height as usize, spec.width as usize);
+    opts.augment.check(w, h)?;
+    let features = |paths: &[PathBuf], augment: Augment| -> Result<Vec<Sample>> {
         let inputs = load_inputs(paths, &spec, opts.progress)?;
+        let inputs = inputs.iter().flat_map(|i| augment.apply(i, h, w)).collect();
         Ok(teacher_features(&teacher, inputs, &spec, &device, opts.batch, opts.progress))
     };
-    let (train, val) = (features(&data.train)?, features(&data.val)?);
+    // Held-out normals stay as they are: they judge the model on frames as the line sends them.
+    let (train, val) = (features(&data.train, opts.augment)?, features(&data.val, Augment::None)?);
 
     let ad = device.clone().autodiff();
     let mut students = Students::new(opts.arch, opts.student_e, opts.dual, &ad);
@@ -423,6 +449,7 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
         model: Some(ModelShape::of(opts)),
         fit_s: 0.0,
         device: opts.device_name.clone(),
+        best_history: Vec::new(),
     };
     std::fs::create_dir_all(&opts.checkpoints).with_context(|| format!("creating {}", opts.checkpoints.display()))?;
     let last = opts.checkpoints.join("last.bpk");
@@ -500,6 +527,7 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
             best = valid;
             best.clone().save_file(&best_path).map_err(|e| anyhow::anyhow!("saving {}: {e:?}", best_path.display()))?;
         }
+        state.best_history.push(state.best_val_loss);
         students.clone().save_file(&last).map_err(|e| anyhow::anyhow!("saving {}: {e:?}", last.display()))?;
         std::fs::write(&state_path, serde_json::to_string_pretty(&state)?)
             .with_context(|| format!("writing {}", state_path.display()))?;
@@ -509,6 +537,18 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
             && fit_start.elapsed().as_secs_f64() + epoch_s > budget
         {
             bar.suspend(|| eprintln!("time budget of {budget:.0} s reached after epoch {}", state.epoch));
+            break;
+        }
+        if let Some(gain) = plateaued(&state.best_history, opts.patience, opts.min_improvement) {
+            let (p, min) = (opts.patience, 100.0 * opts.min_improvement);
+            bar.suspend(|| {
+                eprintln!(
+                    "early stop after epoch {}: the held-out loss improved {:.2}% over the last {p} epochs (< {min}%)",
+                    state.epoch,
+                    100.0 * gain
+                )
+            });
+            tracing::info!(epoch = state.epoch, gain, "early stop");
             break;
         }
     }
@@ -578,6 +618,17 @@ mod tests {
         students.visit(&mut c);
         assert!(c.norm2 > 0.0, "all gradients are zero");
         ((c.diff2 / c.norm2).sqrt(), c.params)
+    }
+
+    #[test]
+    fn early_stop_waits_for_patience_then_judges_relative_gain() {
+        let h = [2.0, 1.5, 1.4, 1.39, 1.385];
+        assert_eq!(plateaued(&h[..2], 2, 0.02), None, "not enough epochs yet");
+        assert_eq!(plateaued(&h[..4], 2, 0.02), None, "1.39 is 7% below 1.5");
+        assert_eq!(plateaued(&h, 3, 0.02), None, "1.385 is 7.7% below 1.5");
+        let gain = plateaued(&h, 2, 0.02).expect("1.385 is 1.1% below 1.4");
+        assert!((gain - (1.4 - 1.385) / 1.4).abs() < 1e-6, "{gain}");
+        assert_eq!(plateaued(&h, 0, 0.02), None, "patience 0 never stops");
     }
 
     #[test]
