@@ -10,6 +10,7 @@ use clap::Parser;
 use dskd::augment::Augment;
 use dskd::detector::anomaly_map::{Fusion, MapSettings, ScoreMode};
 use dskd::preprocess::Normalize;
+use dskd::train::loss::SdLoss;
 use dskd::train::nets::backbone::Arch;
 use dskd::train::nets::students::StudentE;
 use dskd::train::{bundle_writer, trainer, weights};
@@ -69,6 +70,10 @@ struct Args {
     shards: Option<usize>,
     #[arg(long, default_value_t = 0.005)]
     lr: f64,
+    /// `constant`, or `cosine`: decay to 0 over --epochs (set them: the early stop may end it
+    /// sooner).
+    #[arg(long, value_enum, default_value_t = trainer::LrSchedule::Constant)]
+    lr_schedule: trainer::LrSchedule,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// `dual` = DSKD (Se and Sd); `se` = the vanilla S-T baseline (STFPM).
@@ -106,6 +111,10 @@ struct Args {
     /// Weight of the optional Se–Sd agreement term in the loss (0 = off).
     #[arg(long, default_value_t = 0.0)]
     se_sd_weight: f32,
+    /// Sd's loss: `pixel` (cosine over channels at each position, as Se's: the published
+    /// method) or `flat` (RD4AD's other form: one cosine over each image's whole maps).
+    #[arg(long, value_enum, default_value_t = SdLoss::Pixel)]
+    sd_loss: SdLoss,
     /// Continue from `<checkpoints>/last.bpk` (weights; the Adam state restarts).
     #[arg(long, conflicts_with = "export_only")]
     resume: bool,
@@ -219,10 +228,12 @@ fn run(args: Args) -> Result<()> {
         batch: args.batch.max(1),
         shards: args.shards.unwrap_or_else(|| default_shards(&args.device, args.batch)),
         lr: args.lr,
+        lr_schedule: args.lr_schedule,
         seed: args.seed,
         dual: args.students == "dual",
         student_e: if args.student_e == "dense" { StudentE::Dense } else { StudentE::Teacher },
         se_sd_weight: args.se_sd_weight,
+        sd_loss: args.sd_loss,
         map: MapSettings { fusion, sigma: args.sigma, score },
         memory_bank: args.memory_bank,
         memory_bank_levels: args.memory_bank_levels,

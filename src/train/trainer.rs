@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::data::{self, DataSet};
-use super::loss::dskd_loss;
+use super::loss::{LossSettings, SdLoss, dskd_loss};
 use super::nets::backbone::{Arch, Backbone};
 use super::nets::students::{StudentE, Students};
 use super::weights;
@@ -53,12 +53,16 @@ pub struct TrainOptions {
     /// separate threads, their gradients summed (1 = the whole batch in one pass).
     pub shards: usize,
     pub lr: f64,
+    /// Learning rate over the run: constant, or a cosine decay to 0 at the last step.
+    pub lr_schedule: LrSchedule,
     pub seed: u64,
     /// Both students (DSKD) or Se alone (the vanilla S-T baseline).
     pub dual: bool,
     /// Se's architecture (the teacher's, or dense convolutions).
     pub student_e: StudentE,
     pub se_sd_weight: f32,
+    /// Sd's loss: per pixel (the published method) or RD4AD's flattened form.
+    pub sd_loss: SdLoss,
     /// How maps are fused, blurred and scored (stored in the bundle).
     pub map: MapSettings,
     /// Entries of the hybrid map's memory bank of normal teacher features (0 = none), and
@@ -119,6 +123,33 @@ struct State {
     /// Best held-out loss so far after each epoch (for the early stop; kept across `--resume`).
     #[serde(default)]
     best_history: Vec<f32>,
+}
+
+/// How the learning rate moves over the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LrSchedule {
+    #[default]
+    Constant,
+    /// `lr · (1 + cos(π · step / steps)) / 2`: from `lr` down to 0 at the last step of
+    /// `--epochs` (or `--max-steps`), so it wants an explicit schedule length.
+    Cosine,
+}
+
+impl LrSchedule {
+    pub fn name(self) -> &'static str {
+        match self {
+            LrSchedule::Constant => "constant",
+            LrSchedule::Cosine => "cosine",
+        }
+    }
+
+    /// The rate at `step` of `total` steps.
+    pub fn at(self, lr: f64, step: usize, total: usize) -> f64 {
+        match self {
+            LrSchedule::Constant => lr,
+            LrSchedule::Cosine => lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos()),
+        }
+    }
 }
 
 /// The early stop's rule: `Some(relative improvement)` when the best held-out loss after the
@@ -256,7 +287,7 @@ fn batch(samples: &[&Sample], spec: &InputSpec, device: &Device) -> (Tensor<4>, 
 struct StepContext<'a> {
     spec: &'a InputSpec,
     device: &'a Device,
-    se_sd_weight: f32,
+    loss: LossSettings,
 }
 
 /// One shard's loss, scaled by its share of the batch so the shards' gradients sum to the
@@ -270,7 +301,7 @@ fn shard_gradients(
 ) -> (GradientsParams, Option<f32>) {
     let (x, t) = batch(samples, ctx.spec, ctx.device);
     let share = samples.len() as f32 / of as f32;
-    let loss = dskd_loss(&t, &model.forward(x), ctx.se_sd_weight).mul_scalar(share);
+    let loss = dskd_loss(&t, &model.forward(x), ctx.loss).mul_scalar(share);
     let value = read.then(|| loss.clone().into_scalar::<f32>());
     (GradientsParams::from_grads(loss.backward(), model), value)
 }
@@ -312,14 +343,14 @@ fn validation_loss(
     val: &[Sample],
     spec: &InputSpec,
     device: &Device,
-    se_sd_weight: f32,
+    loss: LossSettings,
     chunk: usize,
 ) -> f32 {
     let mut total = 0.0;
     for chunk in val.chunks(chunk) {
         let refs: Vec<&Sample> = chunk.iter().collect();
         let (x, t) = batch(&refs, spec, device);
-        let loss = dskd_loss(&t, &students.forward(x), se_sd_weight);
+        let loss = dskd_loss(&t, &students.forward(x), loss);
         total += loss.into_scalar::<f32>() * chunk.len() as f32;
     }
     total / val.len() as f32
@@ -472,7 +503,8 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
     let steps_per_epoch = train.len() / batch_size;
     let total_steps = opts.max_steps.unwrap_or(usize::MAX).min(opts.epochs * steps_per_epoch);
     let shards = opts.shards.clamp(1, batch_size);
-    let step_ctx = StepContext { spec: &spec, device: &ad, se_sd_weight: opts.se_sd_weight };
+    let loss = LossSettings { se_sd_weight: opts.se_sd_weight, sd: opts.sd_loss };
+    let step_ctx = StepContext { spec: &spec, device: &ad, loss };
     tracing::info!(batch = batch_size, shards, "fitting");
     let bar = progress_bar(total_steps as u64, "train", opts.progress);
     bar.set_position(state.steps as u64);
@@ -491,7 +523,7 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
             let refs: Vec<&Sample> = idx.iter().map(|&i| &train[i]).collect();
             let read_loss = state.steps.is_multiple_of(LOSS_EVERY);
             let (grads, value) = batch_gradients(&students, &refs, shards, &step_ctx, read_loss);
-            students = optim.step(opts.lr, students, grads);
+            students = optim.step(opts.lr_schedule.at(opts.lr, state.steps, total_steps), students, grads);
             state.steps += 1;
             seen += idx.len();
             bar.set_position(state.steps as u64);
@@ -514,7 +546,7 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
         state.images_per_s = (seen - seen_before) as f64 / epoch_start.elapsed().as_secs_f64();
         state.fit_s = fit_before + fit_start.elapsed().as_secs_f64();
         let valid = students.valid();
-        let val_loss = validation_loss(&valid, &val, &spec, &device, opts.se_sd_weight, batch_size);
+        let val_loss = validation_loss(&valid, &val, &spec, &device, loss, batch_size);
         log.row(state.steps, state.epoch, None, Some(val_loss), state.images_per_s, state.fit_s)?;
         log.out.flush()?;
         let kept = if val_loss < state.best_val_loss { "  (kept)" } else { "" };
@@ -621,6 +653,15 @@ mod tests {
     }
 
     #[test]
+    fn cosine_schedule_falls_from_the_rate_to_zero() {
+        let c = LrSchedule::Cosine;
+        assert_eq!(c.at(0.01, 0, 100), 0.01);
+        assert!((c.at(0.01, 50, 100) - 0.005).abs() < 1e-12);
+        assert!(c.at(0.01, 100, 100).abs() < 1e-12);
+        assert_eq!(LrSchedule::Constant.at(0.01, 70, 100), 0.01);
+    }
+
+    #[test]
     fn early_stop_waits_for_patience_then_judges_relative_gain() {
         let h = [2.0, 1.5, 1.4, 1.39, 1.385];
         assert_eq!(plateaued(&h[..2], 2, 0.02), None, "not enough epochs yet");
@@ -648,7 +689,11 @@ mod tests {
             let s = samples(2, &spec, &device);
             let ad = device.clone().autodiff();
             let students = Students::new(Arch::MobileNetV2, StudentE::Teacher, true, &ad);
-            let ctx = StepContext { spec: &spec, device: &ad, se_sd_weight: 0.1 };
+            let ctx = StepContext {
+                spec: &spec,
+                device: &ad,
+                loss: LossSettings { se_sd_weight: 0.1, ..Default::default() },
+            };
             let whole = [&s[0], &s[1], &s[0], &s[1]];
             let (one, one_loss) = batch_gradients(&students, &whole, 1, &ctx, true);
             let (two, two_loss) = batch_gradients(&students, &whole, 2, &ctx, true);
