@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -26,6 +27,8 @@ pub struct Metrics {
     pub mqtt_connected: Gauge,
     pub images_written: Counter,
     pub images_skipped: Counter,
+    /// MQTT commands refused, by `reason` (see `sink::mqtt::Rejected`).
+    pub commands_rejected: Family<[(&'static str, &'static str); 1], Counter>,
     /// Set once the bundle is loaded and the sinks are started.
     pub ready: AtomicBool,
 }
@@ -45,6 +48,7 @@ impl Default for Metrics {
             mqtt_connected: Gauge::default(),
             images_written: Counter::default(),
             images_skipped: Counter::default(),
+            commands_rejected: Family::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -62,6 +66,11 @@ impl Default for Metrics {
             "images_skipped",
             "Defects without an overlay image (rate limit or a failed write)",
             m.images_skipped.clone(),
+        );
+        registry.register(
+            "commands_rejected",
+            "MQTT commands refused (each answered on cmd/reply), by reason",
+            m.commands_rejected.clone(),
         );
         Metrics { registry, ..m }
     }

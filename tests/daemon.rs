@@ -202,7 +202,9 @@ fn events_arrive_and_lwt_marks_a_killed_daemon_offline() {
 }
 
 /// External trigger: one command, exactly one result with its request id; a malformed command
-/// gets an error reply and the daemon keeps inspecting.
+/// gets an error reply and the daemon keeps inspecting. An oversized one (70 KB) is refused
+/// and counted like any bad command, and costs nothing else: the connection stays up and the
+/// trigger sent right after it is served.
 #[test]
 fn trigger_yields_one_result_and_bad_commands_get_error_replies() {
     let port = start_broker();
@@ -213,6 +215,8 @@ fn trigger_yields_one_result_and_bad_commands_get_error_replies() {
     sub.collect(Duration::from_secs(60), |m| m.iter().any(|(t, v)| t == "dskd/t/status" && v["state"] == "online"));
     sub.client.publish("dskd/t/cmd/trigger", QoS::AtLeastOnce, false, b"{not json".to_vec()).unwrap();
     sub.client.publish("dskd/t/cmd/explode", QoS::AtLeastOnce, false, br#"{"request_id":"x"}"#.to_vec()).unwrap();
+    let big = format!(r#"{{"request_id":"big","pad":"{}"}}"#, "x".repeat(70_000));
+    sub.client.publish("dskd/t/cmd/trigger", QoS::AtLeastOnce, false, big.into_bytes()).unwrap();
     sub.client.publish("dskd/t/cmd/trigger", QoS::AtLeastOnce, false, br#"{"request_id":"r1"}"#.to_vec()).unwrap();
     let got = sub.collect(Duration::from_secs(8), |_| false);
     let results: Vec<_> = got.iter().filter(|(t, _)| t == "dskd/t/results").collect();
@@ -225,6 +229,18 @@ fn trigger_yields_one_result_and_bad_commands_get_error_replies() {
         "{replies:?}"
     );
     assert!(replies.iter().any(|v| v["request_id"] == "x" && v["error"].as_str().unwrap().contains("unknown command")));
+    assert!(
+        replies.iter().any(|v| v["ok"] == false && v["error"].as_str().unwrap().contains("over the 65536-byte limit")),
+        "the oversized command is answered: {replies:?}"
+    );
+    let log = dir.path().join("daemon.log");
+    let metrics = http_get(http_port(&log), "/metrics");
+    for reason in ["too_large", "not_json", "unknown_command"] {
+        let line = format!("dskd_commands_rejected_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("connection lost"), "the oversized command cost the connection:\n{text}");
     // A new image threshold is confirmed, then judges the next inspection.
     sub.client
         .publish("dskd/t/cmd/threshold", QoS::AtLeastOnce, false, br#"{"request_id":"t1","threshold":1000}"#.to_vec())
@@ -392,12 +408,7 @@ fn watchdog_pings_follow_the_frame_loop() {
             break;
         }
     }
-    let daemon_log = std::fs::read_to_string(&stderr).unwrap();
-    let http: u16 = daemon_log
-        .split("serving /metrics /healthz /readyz addr=127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP address in the log:\n{daemon_log}"));
+    let http = http_port(&stderr);
     let metrics = http_get(http, "/metrics");
     let ready = http_get(http, "/readyz");
     kill(d);
@@ -415,6 +426,15 @@ fn watchdog_pings_follow_the_frame_loop() {
     let pings: Vec<Instant> = log.iter().filter(|(_, m)| m.contains("WATCHDOG=1")).map(|(t, _)| *t).collect();
     assert!(pings.len() >= 3, "pings while frames flow: {log:?}");
     assert!(pings.last().unwrap().elapsed() > Duration::from_secs(4), "pings went on without frames");
+}
+
+/// The port of the daemon's HTTP endpoint, read from its log file.
+fn http_port(log: &Path) -> u16 {
+    let text = std::fs::read_to_string(log).unwrap();
+    text.split("serving /metrics /healthz /readyz addr=127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP address in the log:\n{text}"))
 }
 
 /// A plain HTTP GET on 127.0.0.1; the whole response as text.

@@ -160,31 +160,81 @@ impl Sink {
                     self.reply(Some(id), &name, (!accepted).then(|| "daemon is shutting down".into()));
                 }
             }
-            Err((request_id, e)) => {
-                tracing::warn!(%topic, error = %e, "bad command");
-                self.reply(request_id, &name, Some(e));
+            Err(r) => {
+                tracing::warn!(%topic, reason = r.reason.label(), error = %r.message, "command refused");
+                self.s.metrics.commands_rejected.get_or_create(&[("reason", r.reason.label())]).inc();
+                self.reply(r.request_id, &name, Some(r.message));
             }
         }
     }
 }
 
-/// Parses `cmd/<name>` payloads: `{"request_id": "...", ...}`. On error, also returns the
-/// request id if one could be read, so the reply can carry it.
-pub fn parse_command(name: &str, payload: &[u8]) -> Result<Command, (Option<String>, String)> {
-    let v: serde_json::Value =
-        serde_json::from_slice(payload).map_err(|e| (None, format!("payload is not JSON: {e}")))?;
+/// Largest command payload read; a bigger one is refused unread (commands are a few dozen
+/// bytes of JSON).
+pub const COMMAND_MAX_BYTES: usize = 64 << 10;
+
+/// MQTT's own packet size limit (the Remaining Length field's maximum). Incoming packets up to
+/// this size are read whole, so an oversized command costs that message, not the connection:
+/// MQTT 3.1.1 has no way to ask the broker to hold bigger ones back, and a client that refuses
+/// a packet must drop the connection (and the commands and acknowledgements behind it).
+const MQTT_MAX_PACKET: usize = 268_435_455;
+
+/// Why a command was refused: the `reason` label of `dskd_commands_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    TooLarge,
+    NotJson,
+    NoRequestId,
+    BadValue,
+    UnknownCommand,
+}
+
+impl RejectReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::TooLarge => "too_large",
+            RejectReason::NotJson => "not_json",
+            RejectReason::NoRequestId => "no_request_id",
+            RejectReason::BadValue => "bad_value",
+            RejectReason::UnknownCommand => "unknown_command",
+        }
+    }
+}
+
+/// A refused command: why, what to tell the sender, and its request id if one could be read
+/// (so the reply can carry it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    pub reason: RejectReason,
+    pub message: String,
+    pub request_id: Option<String>,
+}
+
+/// Parses `cmd/<name>` payloads: `{"request_id": "...", ...}`.
+pub fn parse_command(name: &str, payload: &[u8]) -> Result<Command, Rejected> {
+    let reject = |reason, message: String, request_id: Option<String>| Rejected { reason, message, request_id };
+    if payload.len() > COMMAND_MAX_BYTES {
+        let message = format!("payload of {} bytes is over the {COMMAND_MAX_BYTES}-byte limit", payload.len());
+        return Err(reject(RejectReason::TooLarge, message, None));
+    }
+    let v: serde_json::Value = serde_json::from_slice(payload)
+        .map_err(|e| reject(RejectReason::NotJson, format!("payload is not JSON: {e}"), None))?;
     let request_id = v.get("request_id").and_then(|r| r.as_str()).map(str::to_string);
     let Some(id) = request_id.clone() else {
-        return Err((None, "missing string field `request_id`".into()));
+        return Err(reject(RejectReason::NoRequestId, "missing string field `request_id`".into(), None));
     };
     match name {
         "trigger" => Ok(Command::Trigger { request_id: id }),
         "reload" => Ok(Command::Reload { request_id: id }),
         "threshold" => match v.get("threshold").and_then(|t| t.as_f64()) {
             Some(t) if t.is_finite() && t > 0.0 => Ok(Command::Threshold { request_id: id, value: t as f32 }),
-            _ => Err((request_id, "`threshold` must be a positive number".into())),
+            _ => Err(reject(RejectReason::BadValue, "`threshold` must be a positive number".into(), request_id)),
         },
-        other => Err((request_id, format!("unknown command `{other}` (trigger, threshold, reload)"))),
+        other => Err(reject(
+            RejectReason::UnknownCommand,
+            format!("unknown command `{other}` (trigger, threshold, reload)"),
+            request_id,
+        )),
     }
 }
 
@@ -192,8 +242,9 @@ pub fn parse_command(name: &str, payload: &[u8]) -> Result<Command, (Option<Stri
 pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Message>, commands: mpsc::Sender<Command>) {
     let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
     opts.set_keep_alive(s.keep_alive);
-    // Incoming: commands only, small. Outgoing: room for overlay images.
-    opts.set_max_packet_size(64 << 10, s.max_packet_bytes);
+    // Incoming: anything MQTT allows, so an oversized command is read and refused rather
+    // than cutting the connection (see MQTT_MAX_PACKET). Outgoing: room for overlay images.
+    opts.set_max_packet_size(MQTT_MAX_PACKET, s.max_packet_bytes);
     opts.set_clean_session(true);
     if let Some((user, password)) = &s.credentials {
         opts.set_credentials(user.clone(), password.clone());
