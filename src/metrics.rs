@@ -24,6 +24,7 @@ pub struct Metrics {
     pub events_delivered: Counter,
     pub outbox_pending: Gauge,
     pub outbox_dropped: Gauge,
+    pub outbox_write_failures: Counter,
     pub mqtt_connected: Gauge,
     pub images_written: Counter,
     pub images_skipped: Counter,
@@ -45,6 +46,7 @@ impl Default for Metrics {
             events_delivered: Counter::default(),
             outbox_pending: Gauge::default(),
             outbox_dropped: Gauge::default(),
+            outbox_write_failures: Counter::default(),
             mqtt_connected: Gauge::default(),
             images_written: Counter::default(),
             images_skipped: Counter::default(),
@@ -60,6 +62,11 @@ impl Default for Metrics {
         registry.register("events_delivered", "Defect events acknowledged by the broker", m.events_delivered.clone());
         registry.register("outbox_pending", "Events waiting in the outbox", m.outbox_pending.clone());
         registry.register("outbox_dropped", "Events dropped by the full outbox since start", m.outbox_dropped.clone());
+        registry.register(
+            "outbox_write_failures",
+            "Events the outbox could not store (full disk): published live but not durable",
+            m.outbox_write_failures.clone(),
+        );
         registry.register("mqtt_connected", "1 while connected to the broker", m.mqtt_connected.clone());
         registry.register("images_written", "Overlay JPEGs written to the image store", m.images_written.clone());
         registry.register(

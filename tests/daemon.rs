@@ -727,3 +727,87 @@ fn an_image_over_the_packet_limit_costs_the_image_not_the_connection() {
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert!(log.contains("mqtt message too large") && !log.contains("connection lost"), "{log}");
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped; `None` where this process may
+/// not mount (not root): the caller says so and skips.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, bytes: u64) -> Option<Self> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system under `dir` until a write fails (ENOSPC); returns the filler file.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let block = vec![0u8; 4096];
+    while f.write_all(&block).and_then(|_| f.sync_all()).is_ok() {}
+    path
+}
+
+/// The outbox's disk filling up under a running daemon (a tmpfs here): every event is still
+/// published live; the failures are counted (metric, telemetry, retained status) and logged
+/// once, not once per event; when space returns the outbox stores events again, says so, and
+/// the database is intact.
+#[test]
+fn a_full_disk_under_the_outbox_loses_no_live_events_and_logs_once() {
+    let port = start_broker();
+    let sub = subscribe(port);
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(&dir.path().join("fs"), 1 << 20) else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let outbox = fs.0.join("outbox.sqlite");
+    let cfg = base_config(dir.path(), port)
+        .replace(&dir.path().join("outbox.sqlite").display().to_string(), &outbox.display().to_string());
+    let d = spawn(dir.path(), format!("{cfg}{SYNTHETIC_DEFECTS}"));
+    sub.collect(Duration::from_secs(60), |g| !events(g).is_empty());
+    let filler = fill(&fs.0);
+    // 6 s at up to 8 frames/s, every second one defective: ~24 events while the disk is full
+    // (fewer on a busy machine: the queue drops frames the detector cannot keep up with).
+    let full = sub.collect(Duration::from_secs(6), |_| false);
+    let down = on("status", &full);
+    assert!(down.iter().any(|s| s["outbox_writable"] == false), "status says so: {down:?}");
+    let tele = on("telemetry", &full);
+    assert!(tele.last().unwrap()["outbox_write_failures"].as_u64().unwrap() >= 3, "{tele:?}");
+    let live = events(&full).len();
+    assert!(live >= 3, "events still published live: {live}");
+    std::fs::remove_file(&filler).unwrap();
+    let back = sub.collect(Duration::from_secs(20), |g| on("status", g).iter().any(|s| s["outbox_writable"] == true));
+    let metrics = http_get(http_port(&dir.path().join("daemon.log")), "/metrics");
+    kill(d);
+    assert!(on("status", &back).iter().any(|s| s["outbox_writable"] == true), "recovery said: {back:?}");
+    validate_all(&full);
+    validate_all(&back);
+    let failures: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dskd_outbox_write_failures_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    // Events already on their way when the disk filled were stored: allow two.
+    assert!(failures as usize + 2 >= live, "every event published while full was counted: {failures}, {live}");
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    let lines = log.lines().filter(|l| l.contains("not stored in the outbox")).count();
+    assert_eq!(lines, 1, "one line for the whole run of failures:\n{log}");
+    assert!(log.contains("outbox stores events again"), "{log}");
+    let db = rusqlite::Connection::open(&outbox).unwrap();
+    let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+}

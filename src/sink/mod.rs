@@ -2,6 +2,7 @@
 //! send [`Command`]s back; they know nothing of sources or the detector.
 
 pub mod broker;
+pub mod failure_log;
 pub mod image_store;
 pub mod mqtt;
 pub mod outbox;

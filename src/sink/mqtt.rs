@@ -24,6 +24,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::failure_log::{FailureLog, Line};
 use super::outbox::{Outbox, Pending};
 use super::{Command, Message, Report};
 use crate::backoff::Backoff;
@@ -63,12 +64,20 @@ struct Sink {
     /// Capture time of each event in flight, and frame-capture-to-PUBACK latencies (ms).
     captured: HashMap<String, SystemTime>,
     latencies: Vec<f64>,
+    /// Events the outbox failed to store, and when to say so in the log.
+    outbox_failures: FailureLog,
 }
 
-fn status(s: &Settings, state: &str) -> Vec<u8> {
+/// Summaries of a repeating outbox failure at most this often.
+const OUTBOX_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// The retained status payload; `outbox_failures` says whether events are being made durable.
+fn status(s: &Settings, state: &str, outbox_failures: &FailureLog) -> Vec<u8> {
     let mut v = s.status.clone();
     v["state"] = json!(state);
     v["timestamp"] = json!(crate::sink::now_rfc3339());
+    v["outbox_writable"] = json!(!outbox_failures.failing());
+    v["outbox_write_failures"] = json!(outbox_failures.total());
     v.to_string().into_bytes()
 }
 
@@ -101,9 +110,7 @@ impl Sink {
             if let Ok(t) = time::OffsetDateTime::parse(&r.timestamp, &time::format_description::well_known::Rfc3339) {
                 self.captured.insert(r.id.clone(), t.into());
             }
-            if let Err(e) = self.outbox.insert(&p) {
-                tracing::error!(error = %e, id = %r.id, "event not stored in the outbox; publishing it anyway");
-            }
+            self.store(&p);
             self.publish(p.topic, QoS::AtLeastOnce, false, p.payload, Some(p.id));
         }
         if self.s.results {
@@ -111,13 +118,48 @@ impl Sink {
         }
     }
 
+    /// Puts an event in the outbox. A failure (a full disk) costs durability, not the event:
+    /// it is still published live. Counted, logged without flooding, and said in the retained
+    /// status when it starts and when it ends.
+    fn store(&mut self, p: &Pending) {
+        let (was_failing, id) = (self.outbox_failures.failing(), &p.id);
+        let line = match self.outbox.insert(p) {
+            Ok(()) => self.outbox_failures.succeeded(),
+            Err(e) => {
+                self.s.metrics.outbox_write_failures.inc();
+                self.outbox_failures.failed(std::time::Instant::now(), e.to_string())
+            }
+        };
+        match line {
+            Some(Line::First { error }) => {
+                tracing::error!(%error, %id, "event not stored in the outbox; publishing it live (not durable)")
+            }
+            Some(Line::Summary { failures, over, error }) => tracing::error!(
+                failures,
+                over_s = over.as_secs(),
+                total = self.outbox_failures.total(),
+                %error,
+                "events still not stored in the outbox; publishing them live (not durable)"
+            ),
+            Some(Line::Recovered { failures }) => tracing::info!(failures, "outbox stores events again"),
+            None => {}
+        }
+        if was_failing != self.outbox_failures.failing() {
+            self.publish_status("online");
+        }
+    }
+
+    fn publish_status(&mut self, state: &str) {
+        let payload = status(&self.s, state, &self.outbox_failures);
+        self.publish(format!("{}/status", self.s.prefix), QoS::AtLeastOnce, true, payload, None);
+    }
+
     fn on_connack(&mut self) {
         self.connected = true;
         self.s.metrics.mqtt_connected.set(1);
         self.inflight.clear();
         tracing::info!(host = %self.s.host, port = self.s.port, "mqtt connected");
-        let online = status(&self.s, "online");
-        self.publish(format!("{}/status", self.s.prefix), QoS::AtLeastOnce, true, online, None);
+        self.publish_status("online");
         if let Err(e) = self.client.try_subscribe(format!("{}/cmd/+", self.s.prefix), QoS::AtLeastOnce) {
             tracing::warn!(error = %e, "mqtt subscribe not queued");
         }
@@ -252,7 +294,8 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
     if let Some(tls) = &s.tls {
         opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
     }
-    opts.set_last_will(LastWill::new(format!("{}/status", s.prefix), status(&s, "offline"), QoS::AtLeastOnce, true));
+    let will = status(&s, "offline", &FailureLog::new(OUTBOX_LOG_EVERY));
+    opts.set_last_will(LastWill::new(format!("{}/status", s.prefix), will, QoS::AtLeastOnce, true));
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let mut sink = Sink {
         s,
@@ -264,6 +307,7 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
         inflight: HashMap::new(),
         captured: HashMap::new(),
         latencies: Vec::new(),
+        outbox_failures: FailureLog::new(OUTBOX_LOG_EVERY),
     };
     let mut backoff = Backoff::new(sink.s.backoff_initial, sink.s.backoff_max);
     let mut retry_at: Option<Instant> = None;
@@ -279,6 +323,7 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
                 Some(Message::Telemetry(mut t)) => {
                     t["outbox_pending"] = json!(sink.outbox.len().unwrap_or(0));
                     t["outbox_dropped"] = json!(sink.outbox.dropped());
+                    t["outbox_write_failures"] = json!(sink.outbox_failures.total());
                     t["mqtt_connected"] = json!(sink.connected);
                     let topic = format!("{}/telemetry", sink.s.prefix);
                     sink.publish(topic, QoS::AtMostOnce, false, t.to_string().into_bytes(), None);
@@ -369,9 +414,7 @@ async fn shutdown(mut sink: Sink, eventloop: &mut EventLoop) {
         report(&sink);
         return;
     }
-    let offline = status(&sink.s, "offline");
-    let topic = format!("{}/status", sink.s.prefix);
-    sink.publish(topic, QoS::AtLeastOnce, true, offline, None);
+    sink.publish_status("offline");
     let deadline = Instant::now() + Duration::from_secs(3);
     while (!sink.inflight.is_empty() || !sink.issued.is_empty()) && Instant::now() < deadline {
         match tokio::time::timeout_at(deadline, eventloop.poll()).await {
