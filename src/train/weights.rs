@@ -44,7 +44,7 @@ pub fn shipped_teacher_file(arch: Arch) -> Option<&'static str> {
     match arch {
         Arch::MobileNetV2 => Some("mobilenet_v2/mobilenet_v2-imagenet-features.safetensors"),
         Arch::EfficientNetLite0 => Some("efficientnet_lite0/efficientnet_lite0-imagenet-features.safetensors"),
-        Arch::ResNet18 | Arch::ResNet34 => None,
+        Arch::EfficientNetLite2 | Arch::ResNet18 | Arch::ResNet34 => None,
     }
 }
 

@@ -13,17 +13,20 @@ use super::resnet::{self, ResNet};
 pub enum Arch {
     MobileNetV2,
     EfficientNetLite0,
+    EfficientNetLite2,
     ResNet18,
     ResNet34,
 }
 
 impl Arch {
-    pub const NAMES: [&'static str; 4] = ["mobilenet_v2", "efficientnet_lite0", "resnet18", "resnet34"];
+    pub const NAMES: [&'static str; 5] =
+        ["mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2", "resnet18", "resnet34"];
 
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "mobilenet_v2" => Some(Arch::MobileNetV2),
             "efficientnet_lite0" => Some(Arch::EfficientNetLite0),
+            "efficientnet_lite2" => Some(Arch::EfficientNetLite2),
             "resnet18" => Some(Arch::ResNet18),
             "resnet34" => Some(Arch::ResNet34),
             _ => None,
@@ -34,6 +37,7 @@ impl Arch {
         match self {
             Arch::MobileNetV2 => "mobilenet_v2",
             Arch::EfficientNetLite0 => "efficientnet_lite0",
+            Arch::EfficientNetLite2 => "efficientnet_lite2",
             Arch::ResNet18 => "resnet18",
             Arch::ResNet34 => "resnet34",
         }
@@ -42,7 +46,7 @@ impl Arch {
     pub fn tap_channels(self) -> [usize; 3] {
         match self {
             Arch::MobileNetV2 => mobilenet_v2::TAP_CHANNELS,
-            Arch::EfficientNetLite0 => efficientnet_lite::TAP_CHANNELS,
+            Arch::EfficientNetLite0 | Arch::EfficientNetLite2 => self.lite_variant().tap_channels,
             Arch::ResNet18 | Arch::ResNet34 => resnet::TAP_CHANNELS,
         }
     }
@@ -57,7 +61,7 @@ impl Arch {
     /// for EfficientNet-Lite.
     pub fn input_stats(self) -> ([f32; 3], [f32; 3]) {
         match self {
-            Arch::EfficientNetLite0 => (efficientnet_lite::MEAN, efficientnet_lite::STD),
+            Arch::EfficientNetLite0 | Arch::EfficientNetLite2 => (efficientnet_lite::MEAN, efficientnet_lite::STD),
             _ => (crate::preprocess::IMAGENET_MEAN, crate::preprocess::IMAGENET_STD),
         }
     }
@@ -66,8 +70,20 @@ impl Arch {
     pub fn tap_names(self) -> Vec<String> {
         match self {
             Arch::MobileNetV2 => mobilenet_v2::TAPS.iter().map(|i| format!("features.{i}")).collect(),
-            Arch::EfficientNetLite0 => efficientnet_lite::TAPS.iter().map(|i| format!("_blocks.{i}")).collect(),
+            Arch::EfficientNetLite0 | Arch::EfficientNetLite2 => {
+                self.lite_variant().taps.iter().map(|i| format!("_blocks.{i}")).collect()
+            }
             Arch::ResNet18 | Arch::ResNet34 => (1..=3).map(|i| format!("layer{i}")).collect(),
+        }
+    }
+}
+
+impl Arch {
+    /// The EfficientNet-Lite member (only called for those).
+    fn lite_variant(self) -> &'static efficientnet_lite::Variant {
+        match self {
+            Arch::EfficientNetLite2 => &efficientnet_lite::LITE2,
+            _ => &efficientnet_lite::LITE0,
         }
     }
 }
@@ -87,7 +103,9 @@ impl Backbone {
         let mut b = Self { mobilenet_v2: None, efficientnet_lite: None, resnet: None, dense: None };
         match arch {
             Arch::MobileNetV2 => b.mobilenet_v2 = Some(MobileNetV2::new(device)),
-            Arch::EfficientNetLite0 => b.efficientnet_lite = Some(EfficientNetLite::new(device)),
+            Arch::EfficientNetLite0 | Arch::EfficientNetLite2 => {
+                b.efficientnet_lite = Some(EfficientNetLite::new(arch.lite_variant(), device))
+            }
             Arch::ResNet18 => b.resnet = Some(ResNet::new([2, 2, 2], device)),
             Arch::ResNet34 => b.resnet = Some(ResNet::new([3, 4, 6], device)),
         }
