@@ -269,6 +269,11 @@ pub fn write_map(path: &Path, map: &Map) -> Result<(), BundleError> {
 }
 
 /// sha256 of a file, lowercase hex.
+/// Lowercase hex sha256 of bytes in memory.
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 pub fn sha256_file(path: &Path) -> Result<String, BundleError> {
     let io = |source| BundleError::Io { path: path.to_owned(), source };
     let mut file = std::fs::File::open(path).map_err(io)?;

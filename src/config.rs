@@ -160,11 +160,15 @@ pub struct DetectorConfig {
     pub bundle: PathBuf,
     /// Run the int8 graphs instead of f32.
     pub int8: bool,
+    /// Public keys (64 hex digits, or the path of a `.pub` file from `dskd keygen`) whose
+    /// signature a bundle must carry to be loaded, at start and at reload. Empty: bundles are
+    /// not checked (said once at start).
+    pub trusted_keys: Vec<String>,
 }
 
 impl Default for DetectorConfig {
     fn default() -> Self {
-        Self { bundle: PathBuf::from("models/demo"), int8: false }
+        Self { bundle: PathBuf::from("models/demo"), int8: false, trusted_keys: Vec::new() }
     }
 }
 

@@ -15,6 +15,7 @@
 //! - [`preprocess`]: the single definition of resize + normalisation (trainer and daemon).
 //! - [`augment`]: flipped and turned copies of normal images (training and memory bank).
 //! - [`bundle`]: the model bundle on disk: manifest, hashes, golden samples.
+//! - [`signing`]: ed25519 signatures of bundles, and the keys a line trusts.
 //! - [`detector`]: the only module that runs tract; anomaly maps and verdicts.
 //! - [`dataset`]: split files, and resized copies of them (`dskd resize`).
 //! - [`bench`]: `dskd bench`, every stage timed beside the onnxruntime reference.
@@ -39,6 +40,7 @@ pub mod preprocess;
 pub mod progress;
 pub mod queue;
 pub mod service;
+pub mod signing;
 pub mod sink;
 pub mod source;
 pub mod synth;

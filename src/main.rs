@@ -31,8 +31,24 @@ enum Command {
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
         overrides: Vec<String>,
     },
-    /// Check a bundle: hashes, every graph loads in tract, golden maps reproduced.
-    Verify { bundle: PathBuf },
+    /// Check a bundle: hashes, every graph loads in tract, golden maps reproduced; with
+    /// --trusted-key, also its signature.
+    Verify {
+        bundle: PathBuf,
+        /// A public key (hex, or a `.pub` file) the bundle must be signed by; repeatable.
+        #[arg(long = "trusted-key", value_name = "KEY")]
+        trusted_keys: Vec<String>,
+    },
+    /// Make an ed25519 key pair for signing bundles: KEY (private, mode 0600; keep it where
+    /// bundles are made, not on the line) and KEY.pub (for `detector.trusted_keys`).
+    Keygen { key: PathBuf },
+    /// Sign a bundle (its manifest, which holds every file's sha256) with a private key from
+    /// `dskd keygen`: writes BUNDLE/bundle.sig.
+    Sign {
+        bundle: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
     /// Inspect images: one JSON line each (score, threshold, verdict, regions, timings).
     Infer {
         #[arg(long)]
@@ -291,7 +307,24 @@ fn run_daemon(config: Option<&Path>, overrides: &[String]) -> Result<ExitCode> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run { config, overrides } => run_daemon(config.as_deref(), &overrides),
-        Command::Verify { bundle } => verify(&bundle),
+        Command::Verify { bundle, trusted_keys } => {
+            if !trusted_keys.is_empty() {
+                let keys = dskd::signing::trusted_keys(&trusted_keys)?;
+                dskd::signing::verify(&bundle, &keys)?;
+                println!("ok: {} is signed by a trusted key", bundle.display());
+            }
+            verify(&bundle)
+        }
+        Command::Keygen { key } => {
+            let public = dskd::signing::generate(&key)?;
+            println!("wrote {} (private) and {}: {public}", key.display(), dskd::signing::public_path(&key).display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sign { bundle, key } => {
+            let public = dskd::signing::sign(&bundle, &key)?;
+            println!("signed {} with key {public}", bundle.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Infer { bundle, int8, heatmap, images } => infer(&bundle, int8, heatmap.as_deref(), &images),
         Command::Bench {
             bundle,

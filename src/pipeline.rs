@@ -24,9 +24,12 @@ use crate::sink::outbox::Outbox;
 use crate::sink::{self, Command, Latency, Message, ModelRef, Report};
 use crate::source::{self, Frame};
 
-/// Loads and checks the bundle exactly as `dskd verify` does; a bundle that fails is refused.
+/// Loads and checks the bundle exactly as `dskd verify` does, and its signature when
+/// `detector.trusted_keys` lists keys; a bundle that fails is refused.
 pub fn load_detector(cfg: &Config) -> Result<(Arc<Detector>, ModelRef)> {
     let dir = &cfg.detector.bundle;
+    let trusted = crate::signing::trusted_keys(&cfg.detector.trusted_keys).context("detector.trusted_keys")?;
+    let signed = if trusted.is_empty() { None } else { Some(crate::signing::verify(dir, &trusted)?) };
     let b = Bundle::open(dir).with_context(|| format!("opening bundle {}", dir.display()))?;
     let precision = if cfg.detector.int8 { Precision::Int8 } else { Precision::F32 };
     let det = Detector::load(&b, precision)?;
@@ -37,6 +40,12 @@ pub fn load_detector(cfg: &Config) -> Result<(Arc<Detector>, ModelRef)> {
         sha256: bundle::sha256_file(&dir.join(bundle::MANIFEST))?,
         precision: format!("{precision:?}").to_lowercase(),
     };
+    // The manifest that was opened must be the one whose signature was checked.
+    if let Some(bytes) = signed
+        && bundle::sha256_bytes(&bytes) != model.sha256
+    {
+        anyhow::bail!("{}: bundle.toml changed while it was being loaded; not loaded", dir.display());
+    }
     Ok((Arc::new(det), model))
 }
 
@@ -285,6 +294,11 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
     let metrics = Arc::new(Metrics::default());
     let _http = start_http(&cfg, &metrics).await?;
     let (detector, model) = load_detector(&cfg)?;
+    if cfg.detector.trusted_keys.is_empty() {
+        tracing::warn!("detector.trusted_keys is empty: bundle signatures are not checked");
+    } else {
+        tracing::info!(keys = cfg.detector.trusted_keys.len(), "bundle signature checked");
+    }
     let mut serving = Serving { detector, model };
     let (cmd_tx, mut cmd_rx) = mpsc::channel(64);
     let mqtt = if cfg.mqtt.enabled { Some(start_mqtt(&cfg, &serving.model, cmd_tx, &metrics)?) } else { None };

@@ -811,3 +811,79 @@ fn a_full_disk_under_the_outbox_loses_no_live_events_and_logs_once() {
     let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(check, "ok");
 }
+
+/// Waits up to `timeout` for the daemon to exit; its exit status.
+fn exit_status(d: &mut Daemon, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if let Some(s) = d.0.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// The reply to the reload with `id`.
+fn reload(sub: &Subscriber, id: &str) -> serde_json::Value {
+    let payload = format!(r#"{{"request_id":"{id}"}}"#);
+    sub.client.publish("dskd/t/cmd/reload", QoS::AtLeastOnce, false, payload.into_bytes()).unwrap();
+    let got = sub
+        .collect(Duration::from_secs(30), |m| m.iter().any(|(t, v)| t == "dskd/t/cmd/reply" && v["request_id"] == id));
+    got.into_iter().find(|(t, v)| t == "dskd/t/cmd/reply" && v["request_id"] == id).expect("reload reply").1
+}
+
+/// With `detector.trusted_keys`, only a bundle signed by a listed key is loaded: an unsigned
+/// one stops the start with the reason; at reload, a bundle re-signed by another key (someone
+/// who can write the models folder but has no trusted key) is refused, naming the key, and the
+/// old one keeps serving; re-signed by the trusted key it is swapped in.
+#[test]
+fn only_bundles_signed_by_a_trusted_key_are_loaded() {
+    use dskd::signing;
+    let port = start_broker();
+    let dir = tempfile::tempdir().unwrap();
+    let (line_key, other_key) = (dir.path().join("line.key"), dir.path().join("other.key"));
+    let public = signing::generate(&line_key).unwrap();
+    signing::generate(&other_key).unwrap();
+    let bundle = dir.path().join("bundle");
+    copy_dir(Path::new("models/demo"), &bundle);
+    let config = |b: &Path| {
+        format!(
+            "[source]\nkind = \"synthetic\"\nrate_hz = 4.0\n[detector]\nbundle = \"{}\"\ntrusted_keys = [\"{}\"]\n",
+            b.display(),
+            signing::public_path(&line_key).display()
+        )
+    };
+
+    let mut unsigned = daemon_with_detector(dir.path(), port, &config(&bundle));
+    let status = exit_status(&mut unsigned, Duration::from_secs(60)).expect("an unsigned bundle stops the start");
+    assert!(!status.success());
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    assert!(log.contains("not signed"), "{log}");
+
+    signing::sign(&bundle, &line_key).unwrap();
+    let sub = subscribe(port);
+    let d = daemon_with_detector(dir.path(), port, &config(&bundle));
+    sub.collect(Duration::from_secs(60), |m| m.iter().any(|(t, _)| t == "dskd/t/results"));
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    assert!(log.contains("bundle signature checked"), "{log}");
+
+    let manifest = std::fs::read_to_string(bundle.join("bundle.toml")).unwrap();
+    std::fs::write(bundle.join("bundle.toml"), manifest.replacen("version = \"1\"", "version = \"2\"", 1)).unwrap();
+    let other = signing::sign(&bundle, &other_key).unwrap();
+    let reply = reload(&sub, "other");
+    assert_eq!(reply["ok"], false);
+    let error = reply["error"].as_str().unwrap();
+    assert!(error.contains(&other) && error.contains("not in detector.trusted_keys"), "{reply}");
+    let still = sub.collect(Duration::from_secs(10), |m| m.iter().any(|(t, _)| t == "dskd/t/results"));
+    let serving = still.iter().find(|(t, _)| t == "dskd/t/results").expect("old bundle keeps serving");
+    assert_eq!(serving.1["model"]["version"], "1");
+
+    assert_eq!(signing::sign(&bundle, &line_key).unwrap(), public);
+    assert_eq!(reload(&sub, "trusted")["ok"], true);
+    let got = sub.collect(Duration::from_secs(30), |m| {
+        m.iter().any(|(t, v)| t == "dskd/t/results" && v["model"]["version"] == "2")
+    });
+    assert!(got.iter().any(|(t, v)| t == "dskd/t/results" && v["model"]["version"] == "2"));
+    kill(d);
+}

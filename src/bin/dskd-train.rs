@@ -142,6 +142,10 @@ struct Args {
     /// with --export-only).
     #[arg(long, conflicts_with = "export_only")]
     no_bundle: bool,
+    /// Sign the bundle with this private key (`dskd keygen`), for daemons that list its public
+    /// key in `detector.trusted_keys` (same as `dskd sign` afterwards).
+    #[arg(long, value_name = "KEY", conflicts_with = "no_bundle")]
+    sign_key: Option<PathBuf>,
     /// Keep the int8 graphs only if their scores, as a fraction of their threshold, stay
     /// within this of the f32 ones on every held-out normal (int8 and f32 verdicts can then
     /// differ only for frames this close to the threshold).
@@ -268,6 +272,10 @@ fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let m = bundle_writer::write_bundle(&trained, &opts)?;
+    if let Some(key) = &args.sign_key {
+        let public = dskd::signing::sign(&opts.out, key).with_context(|| format!("signing {}", opts.out.display()))?;
+        println!("signed with key {public}");
+    }
     let t = &m.bundle.training;
     let get = |k: &str| t.get(k).map(String::as_str).unwrap_or("-");
     println!(
