@@ -130,6 +130,12 @@ pub struct Calibration {
     pub normal_max: f64,
     /// Fraction of the held-out normals at or above the threshold (in-sample check).
     pub normal_flagged: f64,
+    /// The held-out normals' scores themselves (f32 graphs, then int8): the reference of the
+    /// daemon's drift alarm. Empty in bundles made before they were stored (no drift alarm).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub normal_scores: Vec<f32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub int8_normal_scores: Vec<f32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -56,6 +56,8 @@ pub fn calibrate(scores: &[f32], pixels: &mut [f32], rate: f64) -> Result<Calibr
         normal_std: std,
         normal_max: max,
         normal_flagged: flagged,
+        normal_scores: scores.to_vec(),
+        int8_normal_scores: Vec::new(),
     })
 }
 

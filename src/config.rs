@@ -23,6 +23,25 @@ pub struct Config {
     pub stdout: StdoutConfig,
     pub http: HttpConfig,
     pub images: ImagesConfig,
+    pub drift: DriftConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftConfig {
+    /// Compare the scores of frames judged normal with the bundle's held-out normals and
+    /// raise `dskd/<camera>/drift` when they part (`src/drift.rs`).
+    pub enabled: bool,
+    /// Live scores compared (the last this many frames judged normal).
+    pub window: usize,
+    /// False-alarm probability of each check (one per window/4 frames).
+    pub alpha: f64,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self { enabled: true, window: 200, alpha: 1e-4 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -90,6 +109,12 @@ pub struct SourceConfig {
     pub defect_every: u64,
     /// `synthetic`: stop after this many frames (0 = never).
     pub frames: u64,
+    /// `synthetic`: from this frame on (0 = never), the scene changes as a knocked camera or
+    /// new lighting would: `shift_brightness` gray levels added, `shift_noise` the amplitude
+    /// of added pixel noise (for testing the drift alarm).
+    pub shift_after: u64,
+    pub shift_brightness: f32,
+    pub shift_noise: f32,
     /// `camera`: an index ("0"), a device path ("/dev/video2") or (part of) the camera's name.
     pub device: String,
     /// `camera`: wanted resolution (0 = the camera's largest) and frame rate (0 = its fastest);
@@ -117,6 +142,9 @@ impl Default for SourceConfig {
             size: 256,
             defect_every: 5,
             frames: 0,
+            shift_after: 0,
+            shift_brightness: 0.0,
+            shift_noise: 0.0,
             device: "0".into(),
             width: 640,
             height: 480,
@@ -302,6 +330,7 @@ impl Default for Config {
             stdout: StdoutConfig::default(),
             http: HttpConfig::default(),
             images: ImagesConfig::default(),
+            drift: DriftConfig::default(),
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod calibrate;
 pub mod config;
 pub mod dataset;
 pub mod detector;
+pub mod drift;
 pub mod eval;
 pub mod metrics;
 pub mod overlay;

@@ -146,7 +146,7 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         knn_bank: usize,
         /// --knn training features the coreset is chosen from (random subset beyond).
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(long, default_value_t = 1_000_000)]
         knn_candidates: usize,
         /// With --knn: add the students' map to the kNN map (each scaled by its mean score on
         /// the split's val normals), the hybrid of both.

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub outbox_dropped: Gauge,
     pub outbox_write_failures: Counter,
     pub mqtt_connected: Gauge,
+    /// The drift alarm's last KS distance, and 1 while it is tripped.
+    pub drift_statistic: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub drift_alarm: Gauge,
     pub images_written: Counter,
     pub images_skipped: Counter,
     /// MQTT commands refused, by `reason` (see `sink::mqtt::Rejected`).
@@ -48,6 +51,8 @@ impl Default for Metrics {
             outbox_dropped: Gauge::default(),
             outbox_write_failures: Counter::default(),
             mqtt_connected: Gauge::default(),
+            drift_statistic: Gauge::default(),
+            drift_alarm: Gauge::default(),
             images_written: Counter::default(),
             images_skipped: Counter::default(),
             commands_rejected: Family::default(),
@@ -67,6 +72,12 @@ impl Default for Metrics {
             "Events the outbox could not store (full disk): published live but not durable",
             m.outbox_write_failures.clone(),
         );
+        registry.register(
+            "drift_statistic",
+            "KS distance between recent normal scores and the bundle's held-out normals",
+            m.drift_statistic.clone(),
+        );
+        registry.register("drift_alarm", "1 while the score-drift alarm is tripped", m.drift_alarm.clone());
         registry.register("mqtt_connected", "1 while connected to the broker", m.mqtt_connected.clone());
         registry.register("images_written", "Overlay JPEGs written to the image store", m.images_written.clone());
         registry.register(

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use crate::bundle::{self, Bundle};
 use crate::config::{Config, TriggerMode, given};
 use crate::detector::{Detector, Inspection, Precision};
+use crate::drift::{DriftMonitor, DriftStatus};
 use crate::metrics::Metrics;
 use crate::queue::DropOldest;
 use crate::service;
@@ -211,7 +212,13 @@ struct Window {
 
 impl Window {
     /// The telemetry JSON for this window, then starts a new one.
-    fn take(&mut self, cfg: &Config, metrics: &Metrics, queue: &DropOldest<Frame>) -> serde_json::Value {
+    fn take(
+        &mut self,
+        cfg: &Config,
+        metrics: &Metrics,
+        queue: &DropOldest<Frame>,
+        drift: Option<&DriftStatus>,
+    ) -> serde_json::Value {
         let secs = self.since.map_or(0.0, |t| t.elapsed().as_secs_f64());
         let p = sink::p50_p99(std::mem::take(&mut self.latencies));
         let v = serde_json::json!({
@@ -223,6 +230,7 @@ impl Window {
             "dropped_frames": queue.dropped(),
             "queue_depth": queue.len(),
             "latency_ms": {"p50": p.map(|p| p.0), "p99": p.map(|p| p.1)},
+            "drift": drift,
         });
         *self = Window { since: Some(Instant::now()), ..Default::default() };
         v
@@ -263,10 +271,74 @@ pub struct Controls {
     pub reload: mpsc::Receiver<()>,
 }
 
-/// The model currently serving; replaced whole by a successful reload.
+/// The model currently serving and the drift alarm against its normals; replaced whole by a
+/// successful reload.
 struct Serving {
     detector: Arc<Detector>,
     model: ModelRef,
+    drift: Option<DriftMonitor>,
+}
+
+impl Serving {
+    fn new(cfg: &Config, detector: Arc<Detector>, model: ModelRef) -> Self {
+        let drift = drift_monitor(cfg, &detector);
+        Self { detector, model, drift }
+    }
+}
+
+/// The drift alarm for this bundle (its held-out normal scores at the precision served), or
+/// None when off or when the bundle predates stored scores (said once).
+fn drift_monitor(cfg: &Config, det: &Detector) -> Option<DriftMonitor> {
+    if !cfg.drift.enabled {
+        return None;
+    }
+    let c = &det.manifest().calibration;
+    let int8 = cfg.detector.int8 && !c.int8_normal_scores.is_empty();
+    let reference = if int8 { c.int8_normal_scores.clone() } else { c.normal_scores.clone() };
+    let monitor = DriftMonitor::new(reference, cfg.drift.window, cfg.drift.alpha);
+    if monitor.is_none() {
+        tracing::warn!("drift alarm off: the bundle holds no normal scores (retrain or re-export it to enable)");
+    }
+    monitor
+}
+
+/// Feeds a verdict to the drift alarm; on a change, logs it and says it on MQTT.
+async fn watch_drift(
+    serving: &mut Serving,
+    insp: &Inspection,
+    cfg: &Config,
+    metrics: &Metrics,
+    mqtt: Option<&mpsc::Sender<Message>>,
+) {
+    let Some(monitor) = serving.drift.as_mut() else { return };
+    if insp.verdict.defect {
+        return;
+    }
+    let change = monitor.observe(insp.verdict.score);
+    let status = monitor.status();
+    if let Some(d) = status.statistic {
+        metrics.drift_statistic.set(d);
+    }
+    let Some(change) = change else { return };
+    let tripped = matches!(change, crate::drift::Change::Tripped(_));
+    metrics.drift_alarm.set(tripped as i64);
+    let (d, critical, shift) = (status.statistic.unwrap_or(0.0), status.critical, status.median_shift.unwrap_or(0.0));
+    if tripped {
+        tracing::warn!(
+            statistic = d,
+            critical,
+            median_shift = shift,
+            "score drift: normal frames no longer score like the calibration's"
+        );
+    } else {
+        tracing::info!(statistic = d, critical, "score drift cleared");
+    }
+    if let Some(tx) = mqtt {
+        let mut v = serde_json::to_value(status).expect("drift status serialises");
+        v["timestamp"] = serde_json::json!(sink::now_rfc3339());
+        v["camera"] = serde_json::json!(cfg.camera);
+        let _ = tx.send(Message::Drift(v)).await;
+    }
 }
 
 /// Re-reads config and bundle, validates (hashes, graphs, golden parity), then swaps. A bad
@@ -276,14 +348,15 @@ async fn reload(source: &ConfigSource, serving: &mut Serving, notifier: &service
     let src = source.clone();
     let loaded = tokio::task::spawn_blocking(move || {
         let cfg = Config::load(src.file.as_deref(), &src.overrides)?;
-        load_detector(&cfg)
+        let (detector, model) = load_detector(&cfg)?;
+        anyhow::Ok((cfg, detector, model))
     })
     .await?;
     notifier.notify("READY=1");
-    let (detector, model) =
+    let (cfg, detector, model) =
         loaded.inspect_err(|e| tracing::error!("reload refused, the old bundle keeps serving: {e:#}"))?;
     tracing::info!(model = %model.name, version = %model.version, "reloaded the bundle");
-    *serving = Serving { detector, model };
+    *serving = Serving::new(&cfg, detector, model);
     Ok(())
 }
 
@@ -299,7 +372,7 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
     } else {
         tracing::info!(keys = cfg.detector.trusted_keys.len(), "bundle signature checked");
     }
-    let mut serving = Serving { detector, model };
+    let mut serving = Serving::new(&cfg, detector, model);
     let (cmd_tx, mut cmd_rx) = mpsc::channel(64);
     let mqtt = if cfg.mqtt.enabled { Some(start_mqtt(&cfg, &serving.model, cmd_tx, &metrics)?) } else { None };
     let images = open_images(&cfg)?;
@@ -322,7 +395,8 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
         let frame = tokio::select! {
             f = queue.pop() => match f { Some(f) => f, None => break },
             _ = telemetry.tick(), if mqtt.is_some() && cfg.mqtt.telemetry_interval_s > 0 => {
-                let t = window.take(&cfg, &metrics, &queue);
+                let drift = serving.drift.as_ref().map(|d| d.status());
+                let t = window.take(&cfg, &metrics, &queue, drift);
                 if let Some((tx, _)) = &mqtt {
                     let _ = tx.send(Message::Telemetry(t)).await;
                 }
@@ -364,6 +438,7 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
         metrics.inference_seconds.observe(insp.timings.total_ms / 1e3);
         metrics.frames_dropped.set(queue.dropped() as i64);
         metrics.queue_depth.set(queue.len() as i64);
+        watch_drift(&mut serving, &insp, &cfg, &metrics, mqtt.as_ref().map(|(tx, _)| tx)).await;
         let mut r = report(&cfg, &frame, &insp, &serving.model, request_id);
         let saved = if r.is_defect() { store_overlay(&images, &r.id, &frame, &insp, &metrics).await } else { None };
         r.image = saved.as_ref().map(|s| s.path.display().to_string());

@@ -97,7 +97,8 @@ struct Args {
     score_top_k: usize,
     /// Entries of a memory bank of normal teacher features whose nearest-neighbour distances
     /// are added to the students' map (the hybrid map): a greedy coreset of the training
-    /// images' features, built at export (also with --export-only). 0 = the students' map
+    /// images' features (chosen from every training position, up to a million), built at
+    /// export (also with --export-only). 0 = the students' map
     /// alone, the published method: about half the daemon's time per frame, and on Magnetic
     /// Tile 0.07-0.08 less image AUROC (docs/RESULTS.md).
     #[arg(long, value_name = "N", default_value_t = 10_000)]

@@ -111,6 +111,13 @@ const CORESET_DIMS: usize = 64;
 /// everything taken so far, with distances in a random ±1 projection to [`CORESET_DIMS`]
 /// (Johnson–Lindenstrauss: distances kept up to a small factor). Returns the chosen rows.
 fn coreset(x: &Array2<f32>, k: usize, rng: &mut Rng, progress: bool) -> Array2<f32> {
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(8);
+    coreset_on(x, k, rng, progress, threads)
+}
+
+/// [`coreset`] on `threads` threads (the same rows whatever the count: ties go to the
+/// lowest index).
+fn coreset_on(x: &Array2<f32>, k: usize, rng: &mut Rng, progress: bool, threads: usize) -> Array2<f32> {
     let n = x.nrows();
     if n <= k {
         return x.clone();
@@ -129,17 +136,36 @@ fn coreset(x: &Array2<f32>, k: usize, rng: &mut Rng, progress: bool) -> Array2<f
     let mut nearest = vec![f32::INFINITY; n];
     let mut chosen = Vec::with_capacity(k);
     let mut next = (rng.next_u64() % n as u64) as usize;
+    // Each step's pass over the candidates is split over the cores: with every training
+    // position a candidate (hundreds of thousands) it is most of the export's time.
+    let part = n.div_ceil(threads);
     for _ in 0..k {
         chosen.push(next);
         let c = &flat[next * dims..(next + 1) * dims];
-        let mut far = (0, f32::NEG_INFINITY);
-        for (i, (row, d)) in flat.chunks_exact(dims).zip(nearest.iter_mut()).enumerate() {
-            *d = d.min(sq_dist(row, c));
-            if *d > far.1 {
-                far = (i, *d);
+        let farthest = |start: usize, nearest: &mut [f32]| {
+            let mut far = (0, f32::NEG_INFINITY);
+            let rows = flat[start * dims..].chunks_exact(dims);
+            for (i, (row, d)) in rows.zip(nearest.iter_mut()).enumerate() {
+                *d = d.min(sq_dist(row, c));
+                if *d > far.1 {
+                    far = (start + i, *d);
+                }
             }
-        }
-        next = far.0;
+            far
+        };
+        next = if threads <= 1 || n < 4096 {
+            farthest(0, &mut nearest).0
+        } else {
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = nearest
+                    .chunks_mut(part)
+                    .enumerate()
+                    .map(|(t, chunk)| scope.spawn(move || farthest(t * part, chunk)))
+                    .collect();
+                let fars = workers.into_iter().map(|w| w.join().expect("coreset thread panicked"));
+                fars.fold((0, f32::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a }).0
+            })
+        };
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -389,6 +415,15 @@ mod tests {
         let mut centres: Vec<i32> = core.axis_iter(Axis(0)).map(|r| (r[0] / 10.0).round() as i32).collect();
         centres.sort();
         assert_eq!(centres, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn coreset_is_the_same_on_any_number_of_threads() {
+        let mut rng = Rng::new(4);
+        let x = Array2::from_shape_fn((5000, 3), |_| rng.unit());
+        let one = coreset_on(&x, 25, &mut Rng::new(2), false, 1);
+        let three = coreset_on(&x, 25, &mut Rng::new(2), false, 3);
+        assert_eq!(one, three);
     }
 
     #[test]

@@ -89,6 +89,8 @@ pub enum Message {
         id: String,
         jpeg: Vec<u8>,
     },
+    /// The drift alarm tripped or cleared: `<prefix>/drift` (retained).
+    Drift(serde_json::Value),
     /// The answer to a command the pipeline carried out (reload).
     Reply {
         request_id: String,

@@ -5,6 +5,7 @@
 //! - `<prefix>/results`: QoS 0, every verdict (optional);
 //! - `<prefix>/telemetry`: QoS 0, every N s: fps, drops, queue depth, latency percentiles,
 //!   outbox depth and drops;
+//! - `<prefix>/drift`: QoS 1, retained: the score-drift alarm's state when it trips or clears;
 //! - `<prefix>/cmd/{trigger,threshold,reload}` in, `<prefix>/cmd/reply` out; anything else under
 //!   `cmd/` (or a malformed payload) gets an error reply and a log line, never a crash.
 //!
@@ -333,6 +334,11 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
                     // file, is what must not be lost.
                     let topic = format!("{}/events/{id}/image", sink.s.prefix);
                     sink.publish(topic, QoS::AtMostOnce, false, jpeg, None);
+                }
+                Some(Message::Drift(d)) => {
+                    // Retained and QoS 1: a dashboard that connects later sees the current state.
+                    let topic = format!("{}/drift", sink.s.prefix);
+                    sink.publish(topic, QoS::AtLeastOnce, true, d.to_string().into_bytes(), None);
                 }
                 Some(Message::Reply { request_id, command, error }) => sink.reply(Some(request_id), &command, error),
                 None => break,

@@ -131,6 +131,8 @@ fn draft_manifest(t: &Trained, opts: &TrainOptions, f32_set: GraphSet) -> Result
             normal_std: 0.0,
             normal_max: 0.0,
             normal_flagged: 0.0,
+            normal_scores: Vec::new(),
+            int8_normal_scores: Vec::new(),
         },
         golden: bundle::Golden { tolerance_f32: TOLERANCE_F32, tolerance_int8: 0.0, samples: Vec::new() },
         files: BTreeMap::new(),
@@ -176,7 +178,7 @@ fn write_golden(dir: &Path, t: &Trained, opts: &TrainOptions, m: &mut Manifest) 
 
 /// Training features the memory bank's coreset is chosen from (a random share of every
 /// training image's positions beyond this).
-const BANK_CANDIDATES: usize = 100_000;
+const BANK_CANDIDATES: usize = 1_000_000;
 /// Bank file name inside the bundle.
 const BANK_FILE: &str = "memory_bank.safetensors";
 
@@ -301,6 +303,7 @@ fn drop_int8(dir: &Path, m: &mut Manifest) {
     }
     m.calibration.int8_threshold = None;
     m.calibration.int8_pixel_threshold = None;
+    m.calibration.int8_normal_scores.clear();
 }
 
 /// Adds the int8 graphs when they keep f32's verdicts (see [`INT8_BOUND`]); otherwise leaves
@@ -311,6 +314,7 @@ fn add_int8(dir: &Path, t: &Trained, opts: &TrainOptions, g: &Exported, m: &mut 
         let (int8, scores) = calibrate_threshold(dir, t, opts, m, Precision::Int8)?;
         m.calibration.int8_threshold = Some(int8.threshold);
         m.calibration.int8_pixel_threshold = Some(int8.pixel_threshold);
+        m.calibration.int8_normal_scores = int8.normal_scores;
         Ok((map_error, verdict_gap(f32_scores, m.calibration.threshold, &scores, int8.threshold)))
     })();
     let training = &mut m.bundle.training;
