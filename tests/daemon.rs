@@ -621,12 +621,13 @@ fn tls_delivers_with_the_right_ca_and_refuses_a_wrong_one() {
     schema_check_event(&events[0].1);
 }
 
-/// A daemon on synthetic frames with a defect in every frame and the image store on.
+/// A daemon on synthetic frames with a defect in every frame and the image store on; the queue
+/// holds every frame, so a busy machine delays verdicts rather than dropping frames.
 fn daemon_with_images(dir: &Path, port: u16, frames: u64, max_per_minute: u32) -> (Daemon, std::path::PathBuf) {
     let images = dir.join("images");
     let extra = format!(
         "[detector]\nbundle = \"models/demo\"\n[source]\nkind = \"synthetic\"\nrate_hz = 4.0\ndefect_every = 1\n\
-         frames = {frames}\n[images]\ndir = \"{}\"\nmax_per_minute = {max_per_minute}\nmqtt = true\n",
+         frames = {frames}\n[queue]\ncapacity = {frames}\n[images]\ndir = \"{}\"\nmax_per_minute = {max_per_minute}\nmqtt = true\n",
         images.display()
     );
     (spawn(dir, format!("{}{extra}", base_config(dir, port))), images)
