@@ -100,7 +100,7 @@ struct Args {
     /// images' features (chosen from every training position, up to a million), built at
     /// export (also with --export-only). 0 = the students' map
     /// alone, the published method: about half the daemon's time per frame, and on Magnetic
-    /// Tile 0.07-0.08 less image AUROC (docs/RESULTS.md).
+    /// Tile 0.07-0.10 less image AUROC (docs/RESULTS.md).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     memory_bank: usize,
     /// Teacher levels (1-based, finest first) the memory bank's features come from.
