@@ -51,10 +51,11 @@ impl Augment {
         Ok(())
     }
 
-    /// Every copy of a planar `[channels, height, width]` tensor, the original first.
-    pub fn apply(self, planar: &[f32], height: usize, width: usize) -> Vec<Vec<f32>> {
+    /// Every copy of a planar `[channels, height, width]` tensor, the original first (moved,
+    /// not copied: with `None` this costs nothing).
+    pub fn apply(self, planar: Vec<f32>, height: usize, width: usize) -> Vec<Vec<f32>> {
         let plane = height * width;
-        (0..self.copies())
+        let turned: Vec<Vec<f32>> = (1..self.copies())
             .map(|k| {
                 let mut out = vec![0.0; planar.len()];
                 for (src, dst) in planar.chunks_exact(plane).zip(out.chunks_exact_mut(plane)) {
@@ -67,7 +68,8 @@ impl Augment {
                 }
                 out
             })
-            .collect()
+            .collect();
+        std::iter::once(planar).chain(turned).collect()
     }
 }
 
@@ -93,7 +95,7 @@ mod tests {
         // A 1-channel 3x3 tensor with distinct values: every symmetry gives a distinct copy.
         let t: Vec<f32> = (0..9).map(|v| v as f32).collect();
         for (aug, n) in [(Augment::None, 1), (Augment::Flip, 4), (Augment::Rotate, 8)] {
-            let copies = aug.apply(&t, 3, 3);
+            let copies = aug.apply(t.clone(), 3, 3);
             assert_eq!(copies.len(), n);
             assert_eq!(copies[0], t, "the original comes first");
             for (i, c) in copies.iter().enumerate() {
@@ -103,7 +105,7 @@ mod tests {
                 assert!(copies[..i].iter().all(|o| o != c), "copy {i} repeats an earlier one");
             }
         }
-        let flips = Augment::Flip.apply(&t, 3, 3);
+        let flips = Augment::Flip.apply(t.clone(), 3, 3);
         assert_eq!(flips[1][..3], [2.0, 1.0, 0.0], "left-right mirror");
         assert_eq!(flips[2][..3], [6.0, 7.0, 8.0], "up-down mirror");
     }
@@ -111,7 +113,7 @@ mod tests {
     #[test]
     fn flips_work_on_any_shape_and_rotations_want_a_square() {
         let t: Vec<f32> = (0..2 * 2 * 3).map(|v| v as f32).collect();
-        let c = Augment::Flip.apply(&t, 2, 3);
+        let c = Augment::Flip.apply(t, 2, 3);
         assert_eq!(c[1][..6], [2.0, 1.0, 0.0, 5.0, 4.0, 3.0]);
         assert_eq!(c[1][6..], [8.0, 7.0, 6.0, 11.0, 10.0, 9.0], "each channel flipped alike");
         assert!(Augment::Flip.check(3, 2).is_ok());

@@ -39,11 +39,11 @@ pub struct DriftStatus {
     pub reference: usize,
 }
 
-/// A change of state worth an event.
-#[derive(Debug, Clone, PartialEq)]
+/// A change of state worth an event (the figures are in [`DriftMonitor::status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
-    Tripped(DriftStatus),
-    Cleared(DriftStatus),
+    Tripped,
+    Cleared,
 }
 
 /// Per-check false-alarm probability when the hysteresis clears the alarm.
@@ -85,7 +85,7 @@ pub struct DriftMonitor {
     size: usize,
     check_every: usize,
     since_check: usize,
-    trip: f64,
+    /// The distance below which a tripped alarm clears (the trip value is `status.critical`).
     clear: f64,
     status: DriftStatus,
 }
@@ -114,7 +114,6 @@ impl DriftMonitor {
             size: window,
             check_every: (window / 4).max(1),
             since_check: 0,
-            trip: critical(alpha, n, m),
             clear: critical(CLEAR_ALPHA, n, m),
             status,
         })
@@ -146,12 +145,12 @@ impl DriftMonitor {
         let before = self.status.state;
         self.status.state = match before {
             DriftState::Drifting if d >= self.clear => DriftState::Drifting,
-            _ if d > self.trip => DriftState::Drifting,
+            _ if d > self.status.critical => DriftState::Drifting,
             _ => DriftState::Ok,
         };
         match (before, self.status.state) {
-            (DriftState::Drifting, DriftState::Ok) => Some(Change::Cleared(self.status.clone())),
-            (b, DriftState::Drifting) if b != DriftState::Drifting => Some(Change::Tripped(self.status.clone())),
+            (DriftState::Drifting, DriftState::Ok) => Some(Change::Cleared),
+            (b, DriftState::Drifting) if b != DriftState::Drifting => Some(Change::Tripped),
             _ => None,
         }
     }
@@ -187,13 +186,13 @@ mod tests {
         let mut m = DriftMonitor::new(reference.clone(), 200, 1e-4).unwrap();
         let mut trips = 0;
         for _ in 0..10 * 36_000 {
-            trips += matches!(m.observe(draw(&mut rng)), Some(Change::Tripped(_))) as usize;
+            trips += matches!(m.observe(draw(&mut rng)), Some(Change::Tripped)) as usize;
         }
         assert_eq!(trips, 0, "false trips in 10 unshifted hours");
         assert_eq!(m.status().state, DriftState::Ok);
 
         // Scores up by one reference spread (~0.37): trips within two windows.
-        let at = (0..400).position(|_| matches!(m.observe(draw(&mut rng) + 0.4), Some(Change::Tripped(_))));
+        let at = (0..400).position(|_| matches!(m.observe(draw(&mut rng) + 0.4), Some(Change::Tripped)));
         let at = at.expect("a shift trips the alarm");
         assert!(at < 400, "tripped after {at} shifted frames");
         let s = m.status().clone();
@@ -201,7 +200,7 @@ mod tests {
         assert!(s.statistic.unwrap() > s.critical && s.median_shift.unwrap() > 0.2, "{s:?}");
 
         // Back to normal: clears within two windows.
-        let back = (0..400).position(|_| matches!(m.observe(draw(&mut rng)), Some(Change::Cleared(_))));
+        let back = (0..400).position(|_| matches!(m.observe(draw(&mut rng)), Some(Change::Cleared)));
         assert!(back.is_some(), "the alarm clears once the scores are back");
     }
 }

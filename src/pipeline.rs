@@ -320,7 +320,7 @@ async fn watch_drift(
         metrics.drift_statistic.set(d);
     }
     let Some(change) = change else { return };
-    let tripped = matches!(change, crate::drift::Change::Tripped(_));
+    let tripped = change == crate::drift::Change::Tripped;
     metrics.drift_alarm.set(tripped as i64);
     let (d, critical, shift) = (status.statistic.unwrap_or(0.0), status.critical, status.median_shift.unwrap_or(0.0));
     if tripped {

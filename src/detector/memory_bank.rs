@@ -239,7 +239,7 @@ impl MemoryBank {
         let bar = crate::progress::progress_bar(images.len() as u64, "memory bank", opts.progress);
         for path in images {
             let input = preprocess::to_tensor(&preprocess::load_image(path)?, &m.input);
-            for copy in opts.augment.apply(&input, h, w) {
+            for copy in opts.augment.apply(input, h, w) {
                 candidates.add(&detector.teacher_features(&copy)?);
             }
             bar.inc(1);

@@ -295,7 +295,8 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
     if let Some(tls) = &s.tls {
         opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
     }
-    let will = status(&s, "offline", &FailureLog::new(OUTBOX_LOG_EVERY));
+    let outbox_failures = FailureLog::new(OUTBOX_LOG_EVERY);
+    let will = status(&s, "offline", &outbox_failures);
     opts.set_last_will(LastWill::new(format!("{}/status", s.prefix), will, QoS::AtLeastOnce, true));
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let mut sink = Sink {
@@ -308,7 +309,7 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
         inflight: HashMap::new(),
         captured: HashMap::new(),
         latencies: Vec::new(),
-        outbox_failures: FailureLog::new(OUTBOX_LOG_EVERY),
+        outbox_failures,
     };
     let mut backoff = Backoff::new(sink.s.backoff_initial, sink.s.backoff_max);
     let mut retry_at: Option<Instant> = None;

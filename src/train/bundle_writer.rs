@@ -217,15 +217,15 @@ fn write_memory_bank(dir: &Path, t: &Trained, opts: &TrainOptions, m: &Manifest)
     })
 }
 
-/// Calibration from the held-out normals' scores and map pixels, through tract at `precision`;
-/// also returns the scores.
+/// Calibration from the held-out normals' scores and map pixels, through tract at `precision`
+/// (the scores themselves are kept in it: `normal_scores`).
 fn calibrate_threshold(
     dir: &Path,
     t: &Trained,
     opts: &TrainOptions,
     m: &Manifest,
     precision: Precision,
-) -> Result<(Calibration, Vec<f32>)> {
+) -> Result<Calibration> {
     let bundle = Bundle { dir: dir.to_owned(), manifest: m.clone() };
     let detector = Detector::load(&bundle, precision)?;
     let bar = progress_bar(t.data.val.len() as u64, "calibrate", opts.progress);
@@ -239,7 +239,7 @@ fn calibrate_threshold(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok((calibrate(&scores, &mut pixels, opts.false_alarm_rate)?, scores))
+    Ok(calibrate(&scores, &mut pixels, opts.false_alarm_rate)?)
 }
 
 /// Activation (min, max) by tensor name.
@@ -308,14 +308,16 @@ fn drop_int8(dir: &Path, m: &mut Manifest) {
 
 /// Adds the int8 graphs when they keep f32's verdicts (see [`INT8_BOUND`]); otherwise leaves
 /// them out with a warning. Never fails the bundle: the f32 graphs are already good.
-fn add_int8(dir: &Path, t: &Trained, opts: &TrainOptions, g: &Exported, m: &mut Manifest, f32_scores: &[f32]) {
+fn add_int8(dir: &Path, t: &Trained, opts: &TrainOptions, g: &Exported, m: &mut Manifest) {
     let attempt = (|| -> Result<(f32, f32)> {
         let map_error = write_int8(dir, t, opts, g, m)?;
-        let (int8, scores) = calibrate_threshold(dir, t, opts, m, Precision::Int8)?;
-        m.calibration.int8_threshold = Some(int8.threshold);
-        m.calibration.int8_pixel_threshold = Some(int8.pixel_threshold);
-        m.calibration.int8_normal_scores = int8.normal_scores;
-        Ok((map_error, verdict_gap(f32_scores, m.calibration.threshold, &scores, int8.threshold)))
+        let int8 = calibrate_threshold(dir, t, opts, m, Precision::Int8)?;
+        let c = &mut m.calibration;
+        let gap = verdict_gap(&c.normal_scores, c.threshold, &int8.normal_scores, int8.threshold);
+        c.int8_threshold = Some(int8.threshold);
+        c.int8_pixel_threshold = Some(int8.pixel_threshold);
+        c.int8_normal_scores = int8.normal_scores;
+        Ok((map_error, gap))
     })();
     let training = &mut m.bundle.training;
     match attempt {
@@ -359,10 +361,9 @@ pub fn write_bundle(t: &Trained, opts: &TrainOptions) -> Result<Manifest> {
         m.memory_bank = Some(write_memory_bank(dir, t, opts, &m)?);
     }
     let f32_error = write_golden(dir, t, opts, &mut m)?;
-    let (calibration, f32_scores) = calibrate_threshold(dir, t, opts, &m, Precision::F32)?;
-    m.calibration = calibration;
+    m.calibration = calibrate_threshold(dir, t, opts, &m, Precision::F32)?;
     m.bundle.training.insert("parity_f32_max_error".into(), format!("{f32_error:.3e}"));
-    add_int8(dir, t, opts, &graphs, &mut m, &f32_scores);
+    add_int8(dir, t, opts, &graphs, &mut m);
     bundle::write_manifest(dir, &mut m)?;
     Ok(m)
 }

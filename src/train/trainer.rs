@@ -463,7 +463,7 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
     opts.augment.check(w, h)?;
     let features = |paths: &[PathBuf], augment: Augment| -> Result<Vec<Sample>> {
         let inputs = load_inputs(paths, &spec, opts.progress)?;
-        let inputs = inputs.iter().flat_map(|i| augment.apply(i, h, w)).collect();
+        let inputs = inputs.into_iter().flat_map(|i| augment.apply(i, h, w)).collect();
         Ok(teacher_features(&teacher, inputs, &spec, &device, opts.batch, opts.progress))
     };
     // Held-out normals stay as they are: they judge the model on frames as the line sends them.
