@@ -227,11 +227,11 @@ impl Bundle {
         names
     }
 
-    /// Reads a golden map (`[height, width]` of the input size).
+    /// Reads a golden map (`[height, width]` of the input's canvas: the input size untiled).
     pub fn golden_map(&self, sample: &GoldenSample) -> Result<Map, BundleError> {
         let path = self.path(&sample.map);
         let bytes = std::fs::read(&path).map_err(|source| BundleError::Io { path: path.clone(), source })?;
-        let (w, h) = (self.manifest.input.width, self.manifest.input.height);
+        let (w, h) = self.manifest.input.canvas();
         let expected = (w * h) as usize;
         if bytes.len() != expected * 4 {
             return Err(BundleError::GoldenSize { path, found: bytes.len() / 4, expected, width: w, height: h });

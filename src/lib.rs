@@ -45,6 +45,7 @@ pub mod signing;
 pub mod sink;
 pub mod source;
 pub mod synth;
+pub mod tiling;
 #[cfg(feature = "train")]
 pub mod train;
 pub mod verify;

@@ -9,11 +9,15 @@
 //! either `(x/255 - mean) / std` with fixed statistics (ImageNet's, what the teachers were
 //! trained on), or per image: each channel of each frame to zero mean and unit variance, so
 //! a change of exposure or gain (the same scene brighter or darker) gives the same input.
+//! With tiles ([`crate::tiling`]), the frame is resized to the tile grid's canvas instead,
+//! normalised as one image, and cut into tile tensors ([`to_tiles`]).
 
 use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, RgbImage, imageops::FilterType};
 use serde::{Deserialize, Serialize};
+
+use crate::tiling::{self, Tiles, TilesError};
 
 /// How a frame becomes the network input; stored in the bundle manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +34,9 @@ pub struct InputSpec {
     /// `fixed` (the `mean`/`std` above) or `per_image`; absent in bundles older than the option.
     #[serde(default)]
     pub normalize: Normalize,
+    /// The tile grid (`width` x `height` is then one tile); absent: one tile, the whole frame.
+    #[serde(default, skip_serializing_if = "Tiles::is_single")]
+    pub tiles: Tiles,
 }
 
 /// Which statistics normalise a frame.
@@ -66,7 +73,14 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 impl InputSpec {
     /// A square ImageNet-normalised input.
     pub fn imagenet(size: u32) -> Self {
-        Self { width: size, height: size, mean: IMAGENET_MEAN, std: IMAGENET_STD, normalize: Normalize::Fixed }
+        Self {
+            width: size,
+            height: size,
+            mean: IMAGENET_MEAN,
+            std: IMAGENET_STD,
+            normalize: Normalize::Fixed,
+            tiles: Tiles::default(),
+        }
     }
 
     /// The same input with another normalisation.
@@ -83,7 +97,20 @@ impl InputSpec {
         if self.std.iter().any(|s| *s <= 0.0 || !s.is_finite()) {
             return Err(PreprocessError::BadStd(self.std));
         }
+        self.tiles.validate(self.width, self.height)?;
         Ok(())
+    }
+
+    /// The (width, height) a frame is resized to: the input's, or the tile grid's canvas.
+    pub fn canvas(&self) -> (u32, u32) {
+        self.tiles.canvas(self.width, self.height)
+    }
+
+    /// The untiled input of the canvas's size: what a whole frame is resized and normalised to
+    /// before it is cut into tiles.
+    pub fn canvas_spec(&self) -> InputSpec {
+        let (width, height) = self.canvas();
+        InputSpec { width, height, tiles: Tiles::default(), ..self.clone() }
     }
 
     /// Number of values in one input tensor.
@@ -105,6 +132,8 @@ pub enum PreprocessError {
     BadSize { width: u32, height: u32 },
     #[error("input std {0:?} must be positive and finite")]
     BadStd([f32; 3]),
+    #[error(transparent)]
+    Tiles(#[from] TilesError),
 }
 
 /// Decodes an image file, naming the file in the error.
@@ -141,6 +170,15 @@ pub fn to_tensor(img: &DynamicImage, spec: &InputSpec) -> Vec<f32> {
         }
     }
     out
+}
+
+/// The network inputs for one image: one tensor per tile ([`Tiles::origins`] order), each
+/// `spec.len()` values; the whole frame's tensor when the input has one tile.
+pub fn to_tiles(img: &DynamicImage, spec: &InputSpec) -> Vec<Vec<f32>> {
+    if spec.tiles.is_single() {
+        return vec![to_tensor(img, spec)];
+    }
+    tiling::cut(&to_tensor(img, &spec.canvas_spec()), &spec.tiles, spec.width, spec.height)
 }
 
 /// Each channel's own mean and standard deviation in [0, 1] units, the deviation at least
@@ -236,6 +274,20 @@ mod tests {
         let new: InputSpec = toml::from_str(&format!("{old}normalize = \"per_image\"\n")).unwrap();
         assert_eq!(new.normalize, Normalize::PerImage);
         assert!(toml::from_str::<InputSpec>(&format!("{old}normalize = \"auto\"\n")).is_err());
+    }
+
+    #[test]
+    fn tiles_are_cut_from_one_normalised_canvas() {
+        let tiles = Tiles { across: 2, down: 1, overlap: 32 };
+        let spec = InputSpec { tiles, ..InputSpec::imagenet(64) }.with_normalize(Normalize::PerImage);
+        assert_eq!(spec.canvas(), (96, 64));
+        let img = scene(1.0, 10.0);
+        let cut = to_tiles(&img, &spec);
+        assert_eq!(cut.len(), 2);
+        let whole = to_tensor(&img, &InputSpec { width: 96, tiles: Tiles::default(), ..spec.clone() });
+        // The second tile's first row is the canvas's row 0 from x = 32.
+        assert_eq!(cut[1][..64], whole[32..96]);
+        assert_eq!(to_tiles(&img, &InputSpec::imagenet(64)), vec![to_tensor(&img, &InputSpec::imagenet(64))]);
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub fn check_golden(bundle: &Bundle, detector: &Detector) -> Result<Vec<GoldenCh
     for sample in &m.golden.samples {
         let golden = bundle.golden_map(sample).map_err(DetectorError::from)?;
         let img = preprocess::load_image(&bundle.path(&sample.image))?;
-        let (map, score) = detector.map(&preprocess::to_tensor(&img, &m.input), &mut Timings::default())?;
+        let (map, score) = detector.frame_map(&img, &mut Timings::default())?;
         let error = map_error(&golden, &map);
         out.push(GoldenCheck {
             image: sample.image.clone(),

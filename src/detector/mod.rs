@@ -20,6 +20,7 @@ use tract_onnx::prelude::*;
 
 use crate::bundle::{Bundle, BundleError, GraphSet, Manifest};
 use crate::preprocess;
+use crate::tiling;
 use anomaly_map::{FeatureMap, Map};
 use memory_bank::Hybrid;
 use verdict::Verdict;
@@ -90,6 +91,17 @@ pub struct Timings {
     /// Threshold, regions and severity.
     pub verdict_ms: f64,
     pub total_ms: f64,
+}
+
+impl Timings {
+    /// Adds one tile's network and map times (a tiled frame's are the sums over its tiles).
+    fn add_networks(&mut self, tile: &Timings) {
+        self.teacher_ms += tile.teacher_ms;
+        self.student_e_ms += tile.student_e_ms;
+        self.student_d_ms += tile.student_d_ms;
+        self.networks_ms += tile.networks_ms;
+        self.map_ms += tile.map_ms;
+    }
 }
 
 /// The full result for one image.
@@ -314,6 +326,29 @@ impl Detector {
         Ok((map, score))
     }
 
+    /// The anomaly map (at the input's canvas size) and its score for one decoded image:
+    /// [`Self::map`] of its one input, or of each tile, stitched ([`crate::tiling`]).
+    pub fn frame_map(&self, img: &DynamicImage, t: &mut Timings) -> Result<(Map, f32), DetectorError> {
+        let start = Instant::now();
+        let spec = &self.manifest.input;
+        let inputs = preprocess::to_tiles(img, spec);
+        t.preprocess_ms = ms(start);
+        if let [input] = inputs.as_slice() {
+            return self.map(input, t);
+        }
+        let mut maps = Vec::with_capacity(inputs.len());
+        for input in &inputs {
+            let mut tile = Timings::default();
+            maps.push(self.map(input, &mut tile)?.0);
+            t.add_networks(&tile);
+        }
+        let s = Instant::now();
+        let map = tiling::stitch(&maps, &spec.tiles, spec.width, spec.height);
+        let score = anomaly_map::score(&map, self.manifest.map.score);
+        t.map_ms += ms(s);
+        Ok((map, score))
+    }
+
     /// The students' map of computed features (Se's, and Sd's unless empty), without the
     /// memory bank, at input size.
     pub fn students_map(&self, teacher: &[FeatureMap], e: &[FeatureMap], d: &[FeatureMap]) -> Map {
@@ -345,9 +380,7 @@ impl Detector {
     ) -> Result<Inspection, DetectorError> {
         let start = Instant::now();
         let mut timings = Timings::default();
-        let input = preprocess::to_tensor(img, &self.manifest.input);
-        timings.preprocess_ms = ms(start);
-        let (map, score) = self.map(&input, &mut timings)?;
+        let (map, score) = self.frame_map(img, &mut timings)?;
         let (calibrated, pixel_threshold) = self.thresholds();
         let threshold = threshold.unwrap_or(calibrated);
         let s = Instant::now();

@@ -23,6 +23,7 @@ use crate::detector::anomaly_map::{self, Map, MapSettings};
 use crate::detector::memory_bank::{FitOptions, Hybrid, MemoryBank};
 use crate::detector::{Detector, DetectorError, Inspection, Precision, Timings, verdict};
 use crate::preprocess::{self, InputSpec};
+use crate::tiling;
 
 /// How the nearest-neighbour scorer is built.
 #[derive(Debug, Clone)]
@@ -137,19 +138,24 @@ impl KnnScorer {
         Ok((map, score))
     }
 
-    /// The kNN map and, when fused, the students' map of the bundle (both at input size),
-    /// from one run of the networks.
+    /// The kNN map and, when fused, the students' map of the bundle (both at the input's
+    /// canvas size, tiles stitched), from one run of the networks per tile.
     fn maps(&self, img: &DynamicImage) -> Result<(Map, Option<Map>), DetectorError> {
-        let input = preprocess::to_tensor(img, &self.input);
-        let (teacher, students) = if self.fuse {
-            let [teacher, e, d] = self.detector.features(&input, &mut Timings::default())?;
-            let students = self.detector.students_map(&teacher, &e, &d);
-            (teacher, Some(students))
-        } else {
-            (self.detector.teacher_features(&input)?, None)
-        };
         let (h, w) = (self.input.height as usize, self.input.width as usize);
-        Ok((self.hybrid.bank.map(&teacher, h, w, self.map.sigma, 2), students))
+        let (mut knn, mut students) = (Vec::new(), Vec::new());
+        for input in preprocess::to_tiles(img, &self.input) {
+            let teacher = if self.fuse {
+                let [teacher, e, d] = self.detector.features(&input, &mut Timings::default())?;
+                students.push(self.detector.students_map(&teacher, &e, &d));
+                teacher
+            } else {
+                self.detector.teacher_features(&input)?
+            };
+            knn.push(self.hybrid.bank.map(&teacher, h, w, self.map.sigma, 2));
+        }
+        let join = |maps| tiling::join(maps, &self.input.tiles, self.input.width, self.input.height);
+        let students = if self.fuse { Some(join(students)) } else { None };
+        Ok((join(knn), students))
     }
 
     /// The kNN map alone, or fused with the students' map by the hybrid's divisors.

@@ -22,6 +22,7 @@ use crate::detector::anomaly_map::{self, FeatureMap};
 use crate::detector::memory_bank::{FitOptions, Hybrid, MemoryBank};
 use crate::detector::{Detector, Precision, Probe, Timings};
 use crate::preprocess;
+use crate::tiling;
 use crate::verify::check_golden;
 
 /// Largest allowed f32 map error relative to the golden peak (burn vs tract, BN folded).
@@ -139,23 +140,28 @@ fn draft_manifest(t: &Trained, opts: &TrainOptions, f32_set: GraphSet) -> Result
     })
 }
 
-/// Golden samples: the trainer's own maps of the first held-out normals, saved with the
-/// (input-size) image; tract must reproduce them.
+/// Golden samples: the trainer's own maps of the first held-out normals, saved with the image
+/// at the input's canvas size (with tiles: cut, each tile's map stitched, as the daemon does);
+/// tract must reproduce them.
 fn write_golden(dir: &Path, t: &Trained, opts: &TrainOptions, m: &mut Manifest) -> Result<f32> {
     std::fs::create_dir_all(dir.join("golden"))?;
     let device = opts.device.clone();
     let hybrid = Hybrid::load(&Bundle { dir: dir.to_owned(), manifest: m.clone() })?;
     for (i, path) in t.data.val.iter().take(opts.golden.max(1)).enumerate() {
         let img = preprocess::load_image(path)?;
-        let rgb = preprocess::resize_rgb(&img, &t.spec);
-        let input = preprocess::to_tensor(&image::DynamicImage::ImageRgb8(rgb.clone()), &t.spec);
-        let [teacher, e, d] = burn_features(t, &input, &device);
-        let students: Vec<&[FeatureMap]> = [&e[..], &d[..]].into_iter().filter(|s| !s.is_empty()).collect();
+        let rgb = preprocess::resize_rgb(&img, &t.spec.canvas_spec());
         let (h, w) = (t.spec.height as usize, t.spec.width as usize);
-        let mut map = anomaly_map::anomaly_map(&teacher, &students, &m.map, h, w);
-        if let Some(hybrid) = &hybrid {
-            map = hybrid.fuse(map, &teacher, m.map.sigma, 1);
+        let mut maps = Vec::new();
+        for input in preprocess::to_tiles(&image::DynamicImage::ImageRgb8(rgb.clone()), &t.spec) {
+            let [teacher, e, d] = burn_features(t, &input, &device);
+            let students: Vec<&[FeatureMap]> = [&e[..], &d[..]].into_iter().filter(|s| !s.is_empty()).collect();
+            let map = anomaly_map::anomaly_map(&teacher, &students, &m.map, h, w);
+            maps.push(match &hybrid {
+                Some(hybrid) => hybrid.fuse(map, &teacher, m.map.sigma, 1),
+                None => map,
+            });
         }
+        let map = tiling::join(maps, &t.spec.tiles, t.spec.width, t.spec.height);
         let sample = GoldenSample {
             image: format!("golden/{i:02}.png"),
             map: format!("golden/{i:02}.map.f32"),
@@ -201,10 +207,15 @@ fn write_memory_bank(dir: &Path, t: &Trained, opts: &TrainOptions, m: &Manifest)
     let (h, w) = (t.spec.height as usize, t.spec.width as usize);
     let (mut students, mut knn) = (Vec::new(), Vec::new());
     for path in &t.data.val {
-        let input = preprocess::to_tensor(&preprocess::load_image(path)?, &t.spec);
-        let [teacher, e, d] = detector.features(&input, &mut Timings::default())?;
-        students.push(anomaly_map::score(&detector.students_map(&teacher, &e, &d), m.map.score));
-        knn.push(anomaly_map::score(&bank.map(&teacher, h, w, m.map.sigma, 2), m.map.score));
+        let (mut s, mut k) = (Vec::new(), Vec::new());
+        for input in preprocess::to_tiles(&preprocess::load_image(path)?, &t.spec) {
+            let [teacher, e, d] = detector.features(&input, &mut Timings::default())?;
+            s.push(detector.students_map(&teacher, &e, &d));
+            k.push(bank.map(&teacher, h, w, m.map.sigma, 2));
+        }
+        let (tiles, tw, th) = (&t.spec.tiles, t.spec.width, t.spec.height);
+        students.push(anomaly_map::score(&tiling::join(s, tiles, tw, th), m.map.score));
+        knn.push(anomaly_map::score(&tiling::join(k, tiles, tw, th), m.map.score));
     }
     let hybrid = Hybrid::new(bank, &students, &knn, 1.0);
     Ok(MemoryBankSpec {
@@ -231,8 +242,7 @@ fn calibrate_threshold(
     let bar = progress_bar(t.data.val.len() as u64, "calibrate", opts.progress);
     let (mut scores, mut pixels) = (Vec::new(), Vec::new());
     for path in &t.data.val {
-        let input = preprocess::to_tensor(&preprocess::load_image(path)?, &t.spec);
-        let (map, score) = detector.map(&input, &mut Timings::default())?;
+        let (map, score) = detector.frame_map(&preprocess::load_image(path)?, &mut Timings::default())?;
         scores.push(score);
         // Every 7th pixel is plenty for a quantile and keeps memory flat on big val sets.
         pixels.extend(map.data.iter().step_by(7));

@@ -14,7 +14,7 @@ use burn::prelude::*;
 use super::nets::backbone::Backbone;
 use super::nets::dense::DenseEncoder;
 use super::nets::layers::{Act, ConvBn, ResBlock};
-use super::nets::mobilenet_v2::InvertedResidual;
+use super::nets::mobilenet_v2::{InvertedResidual, TapPoints};
 use super::nets::resnet::ResNet;
 use super::nets::students::{Decoder, DfEmbedding, Students};
 use super::onnx::OnnxGraph;
@@ -62,25 +62,32 @@ fn conv_bn(g: &mut OnnxGraph, x: String, l: &ConvBn) -> String {
     activation(g, y, l.act)
 }
 
-/// A stem and inverted residual blocks, tapped after the blocks whose (0-based) index
-/// `is_tap` accepts: MobileNetV2 and EfficientNet-Lite.
+/// A stem and inverted residual blocks up to the last tap, tapped as [`TapPoints`] says (the
+/// rule of [`forward_taps`](super::nets::mobilenet_v2::forward_taps)): MobileNetV2 and
+/// EfficientNet-Lite.
 fn inverted_residual_net(
     g: &mut OnnxGraph,
     x: String,
     stem: &ConvBn,
     blocks: &[InvertedResidual],
-    is_tap: impl Fn(usize) -> bool,
+    taps: &TapPoints,
 ) -> Vec<String> {
     let mut x = conv_bn(g, x, stem);
-    let mut taps = Vec::new();
-    for (i, block) in blocks.iter().enumerate() {
+    let mut out = Vec::new();
+    for (i, block) in blocks.iter().enumerate().take(taps.last() + 1) {
+        if taps.expanded && taps.contains(i) {
+            out.push(conv_bn(g, x.clone(), &block.layers[0]));
+            if i == taps.last() {
+                break;
+            }
+        }
         let y = block.layers.iter().fold(x.clone(), |y, l| conv_bn(g, y, l));
         x = if block.residual { g.add(y, x) } else { y };
-        if is_tap(i) {
-            taps.push(x.clone());
+        if !taps.expanded && taps.contains(i) {
+            out.push(x.clone());
         }
     }
-    taps
+    out
 }
 
 fn resnet(g: &mut OnnxGraph, x: String, net: &ResNet) -> Vec<String> {
@@ -172,9 +179,9 @@ pub fn backbone_graph(
     g.inputs.push((INPUT.into(), vec![1, 3, spec.height as usize, spec.width as usize]));
     let x = INPUT.to_string();
     let taps = if let Some(m) = &net.mobilenet_v2 {
-        inverted_residual_net(&mut g, x, &m.stem, &m.blocks, super::nets::mobilenet_v2::is_tap)
+        inverted_residual_net(&mut g, x, &m.stem, &m.blocks, &m.taps)
     } else if let Some(e) = &net.efficientnet_lite {
-        inverted_residual_net(&mut g, x, &e.stem, &e.blocks, |i| e.is_tap(i))
+        inverted_residual_net(&mut g, x, &e.stem, &e.blocks, &e.taps)
     } else if let Some(r) = &net.resnet {
         resnet(&mut g, x, r)
     } else if let Some(d) = &net.dense {

@@ -24,6 +24,7 @@ use crate::augment::Augment;
 use crate::detector::anomaly_map::{FeatureMap, MapSettings};
 use crate::preprocess::{self, InputSpec, Normalize};
 use crate::synth::Rng;
+use crate::tiling::Tiles;
 
 /// Where the good images come from.
 #[derive(Debug, Clone)]
@@ -41,6 +42,8 @@ pub struct TrainOptions {
     pub out: PathBuf,
     pub checkpoints: PathBuf,
     pub size: u32,
+    /// The tile grid a frame is cut into (one tile: the whole frame at `size`).
+    pub tiles: Tiles,
     /// How frames are normalised (stored in the bundle; the daemon does the same).
     pub normalize: Normalize,
     pub epochs: usize,
@@ -176,6 +179,9 @@ struct ModelShape {
     /// Absent in checkpoints older than the option: those were trained with `fixed`.
     #[serde(default)]
     normalize: Normalize,
+    /// Absent in checkpoints older than the option (and for one tile).
+    #[serde(default, skip_serializing_if = "Tiles::is_single")]
+    tiles: Tiles,
 }
 
 impl ModelShape {
@@ -186,13 +192,20 @@ impl ModelShape {
             dual: opts.dual,
             student_e: opts.student_e,
             normalize: opts.normalize,
+            tiles: opts.tiles,
         }
     }
 
     fn describe(&self) -> String {
         let students = if self.dual { "dual" } else { "se" };
+        let t = &self.tiles;
+        let tiles = if t.is_single() {
+            String::new()
+        } else {
+            format!(", {}x{} tiles overlapping {} px", t.across, t.down, t.overlap)
+        };
         format!(
-            "{} model at {} px ({students} students, Se {}, {} normalisation)",
+            "{} model at {} px{tiles} ({students} students, Se {}, {} normalisation)",
             self.teacher,
             self.size,
             self.student_e.name(),
@@ -217,18 +230,17 @@ pub struct Trained {
     pub trained_on: String,
 }
 
-/// Decodes and preprocesses images (progress shown), naming any file that fails.
+/// Decodes and preprocesses images (progress shown), naming any file that fails: one input
+/// per image, or per tile of each image when the input is tiled (the tiles the daemon serves).
 pub fn load_inputs(paths: &[PathBuf], spec: &InputSpec, show: bool) -> Result<Vec<Vec<f32>>> {
     let bar = progress_bar(paths.len() as u64, "load", show);
-    let out = paths
-        .iter()
-        .map(|p| {
-            bar.inc(1);
-            Ok(preprocess::to_tensor(&preprocess::load_image(p)?, spec))
-        })
-        .collect::<Result<_>>();
+    let mut out = Vec::with_capacity(paths.len() * spec.tiles.count());
+    for p in paths {
+        out.extend(preprocess::to_tiles(&preprocess::load_image(p)?, spec));
+        bar.inc(1);
+    }
     bar.finish_and_clear();
-    out
+    Ok(out)
 }
 
 /// `[B, C, H, W]` tensor from per-sample planar data.
@@ -424,7 +436,8 @@ const LOSS_EVERY: usize = 10;
 pub fn train(opts: &TrainOptions) -> Result<Trained> {
     let started = Instant::now();
     let (mean, std) = opts.arch.input_stats();
-    let spec = InputSpec { mean, std, ..InputSpec::imagenet(opts.size) }.with_normalize(opts.normalize);
+    let spec =
+        InputSpec { mean, std, tiles: opts.tiles, ..InputSpec::imagenet(opts.size) }.with_normalize(opts.normalize);
     spec.validate()?;
     let device = opts.device.clone();
     device.seed(opts.seed);

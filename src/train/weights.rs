@@ -42,7 +42,9 @@ pub const TEACHERS_ENV: &str = "DSKD_TEACHERS";
 /// repository, `share/dskd/teachers` when installed); `None` for architectures without them.
 pub fn shipped_teacher_file(arch: Arch) -> Option<&'static str> {
     match arch {
-        Arch::MobileNetV2 => Some("mobilenet_v2/mobilenet_v2-imagenet-features.safetensors"),
+        Arch::MobileNetV2 | Arch::MobileNetV2Expanded | Arch::MobileNetV2S32 => {
+            Some("mobilenet_v2/mobilenet_v2-imagenet-features.safetensors")
+        }
         Arch::EfficientNetLite0 => Some("efficientnet_lite0/efficientnet_lite0-imagenet-features.safetensors"),
         Arch::EfficientNetLite2 | Arch::ResNet18 | Arch::ResNet34 => None,
     }

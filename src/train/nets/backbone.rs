@@ -12,6 +12,10 @@ use super::resnet::{self, ResNet};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
     MobileNetV2,
+    /// MobileNetV2 tapped at its expansions (see [`mobilenet_v2::EXPANDED`]).
+    MobileNetV2Expanded,
+    /// MobileNetV2 tapped at strides 8 / 16 / 32 (see [`mobilenet_v2::S32`]).
+    MobileNetV2S32,
     EfficientNetLite0,
     EfficientNetLite2,
     ResNet18,
@@ -19,12 +23,21 @@ pub enum Arch {
 }
 
 impl Arch {
-    pub const NAMES: [&'static str; 5] =
-        ["mobilenet_v2", "efficientnet_lite0", "efficientnet_lite2", "resnet18", "resnet34"];
+    pub const NAMES: [&'static str; 7] = [
+        "mobilenet_v2",
+        "mobilenet_v2_expanded",
+        "mobilenet_v2_s32",
+        "efficientnet_lite0",
+        "efficientnet_lite2",
+        "resnet18",
+        "resnet34",
+    ];
 
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "mobilenet_v2" => Some(Arch::MobileNetV2),
+            "mobilenet_v2_expanded" => Some(Arch::MobileNetV2Expanded),
+            "mobilenet_v2_s32" => Some(Arch::MobileNetV2S32),
             "efficientnet_lite0" => Some(Arch::EfficientNetLite0),
             "efficientnet_lite2" => Some(Arch::EfficientNetLite2),
             "resnet18" => Some(Arch::ResNet18),
@@ -36,6 +49,8 @@ impl Arch {
     pub fn name(self) -> &'static str {
         match self {
             Arch::MobileNetV2 => "mobilenet_v2",
+            Arch::MobileNetV2Expanded => "mobilenet_v2_expanded",
+            Arch::MobileNetV2S32 => "mobilenet_v2_s32",
             Arch::EfficientNetLite0 => "efficientnet_lite0",
             Arch::EfficientNetLite2 => "efficientnet_lite2",
             Arch::ResNet18 => "resnet18",
@@ -45,15 +60,22 @@ impl Arch {
 
     pub fn tap_channels(self) -> [usize; 3] {
         match self {
-            Arch::MobileNetV2 => mobilenet_v2::TAP_CHANNELS,
+            Arch::MobileNetV2 | Arch::MobileNetV2Expanded | Arch::MobileNetV2S32 => {
+                self.mobilenet_v2_variant().tap_channels
+            }
             Arch::EfficientNetLite0 | Arch::EfficientNetLite2 => self.lite_variant().tap_channels,
             Arch::ResNet18 | Arch::ResNet34 => resnet::TAP_CHANNELS,
         }
     }
 
-    /// Every teacher taps at strides 4, 8 and 16.
+    /// Strides 4, 8 and 16 for every teacher but `mobilenet_v2_s32` (8, 16, 32).
     pub fn tap_strides(self) -> [usize; 3] {
-        [4, 8, 16]
+        match self {
+            Arch::MobileNetV2 | Arch::MobileNetV2Expanded | Arch::MobileNetV2S32 => {
+                self.mobilenet_v2_variant().tap_strides
+            }
+            _ => [4, 8, 16],
+        }
     }
 
     /// Per-channel (mean, std) of RGB in [0, 1] the pretrained weights expect (fixed
@@ -69,7 +91,12 @@ impl Arch {
     /// Module names of the taps, for the manifest.
     pub fn tap_names(self) -> Vec<String> {
         match self {
-            Arch::MobileNetV2 => mobilenet_v2::TAPS.iter().map(|i| format!("features.{i}")).collect(),
+            Arch::MobileNetV2 | Arch::MobileNetV2Expanded | Arch::MobileNetV2S32 => {
+                let taps = self.mobilenet_v2_variant().taps;
+                // torchvision's names: `features.{i+1}`, its expansion `features.{i+1}.conv.0`.
+                let suffix = if taps.expanded { ".conv.0" } else { "" };
+                taps.blocks.iter().map(|i| format!("features.{}{suffix}", i + 1)).collect()
+            }
             Arch::EfficientNetLite0 | Arch::EfficientNetLite2 => {
                 self.lite_variant().taps.iter().map(|i| format!("_blocks.{i}")).collect()
             }
@@ -79,6 +106,15 @@ impl Arch {
 }
 
 impl Arch {
+    /// The MobileNetV2 tap set (only called for those).
+    fn mobilenet_v2_variant(self) -> &'static mobilenet_v2::Variant {
+        match self {
+            Arch::MobileNetV2Expanded => &mobilenet_v2::EXPANDED,
+            Arch::MobileNetV2S32 => &mobilenet_v2::S32,
+            _ => &mobilenet_v2::STANDARD,
+        }
+    }
+
     /// The EfficientNet-Lite member (only called for those).
     fn lite_variant(self) -> &'static efficientnet_lite::Variant {
         match self {
@@ -102,7 +138,9 @@ impl Backbone {
     pub fn new(arch: Arch, device: &Device) -> Self {
         let mut b = Self { mobilenet_v2: None, efficientnet_lite: None, resnet: None, dense: None };
         match arch {
-            Arch::MobileNetV2 => b.mobilenet_v2 = Some(MobileNetV2::new(device)),
+            Arch::MobileNetV2 | Arch::MobileNetV2Expanded | Arch::MobileNetV2S32 => {
+                b.mobilenet_v2 = Some(MobileNetV2::new(arch.mobilenet_v2_variant(), device))
+            }
             Arch::EfficientNetLite0 | Arch::EfficientNetLite2 => {
                 b.efficientnet_lite = Some(EfficientNetLite::new(arch.lite_variant(), device))
             }
@@ -114,7 +152,7 @@ impl Backbone {
 
     /// The dense-convolution encoder with taps as wide as `arch`'s (a student only).
     pub fn dense(arch: Arch, device: &Device) -> Self {
-        let dense = Some(DenseEncoder::new(arch.tap_channels(), device));
+        let dense = Some(DenseEncoder::new(arch.tap_channels(), arch.tap_strides(), device));
         Self { mobilenet_v2: None, efficientnet_lite: None, resnet: None, dense }
     }
 

@@ -8,7 +8,9 @@
 //!
 //! Shapes at `[B, 3, H, W]`: stem 3x3/2 to `32` channels, then per tap a 3x3/2 ConvBn to the
 //! stage width and a 3x3/1 one (ReLU), and a linear 1x1 ConvBn head to the tap's channels
-//! (the teacher's taps are linear projections too): strides 4, 8, 16.
+//! (the teacher's taps are linear projections too): strides 4, 8, 16. For a teacher whose
+//! finest tap is coarser (`mobilenet_v2_s32`: 8, 16, 32), the first stage halves the grid once
+//! more per octave.
 
 use burn::prelude::*;
 
@@ -21,24 +23,29 @@ const STEM: usize = 32;
 #[derive(Module, Debug)]
 pub struct DenseEncoder {
     pub stem: ConvBn,
-    /// Per tap: the stride-2 ConvBn and the stride-1 one.
+    /// Per tap: the stride-2 ConvBn(s) and the stride-1 one.
     pub stages: Vec<Vec<ConvBn>>,
     /// Per tap: the linear 1x1 head to the teacher's channel count.
     pub heads: Vec<ConvBn>,
 }
 
 impl DenseEncoder {
-    /// Random init, with heads of the teacher's tap widths.
-    pub fn new(tap_channels: [usize; 3], device: &Device) -> Self {
+    /// Random init, with heads of the teacher's tap widths at its tap strides (each twice
+    /// the one before, the first at least 4).
+    pub fn new(tap_channels: [usize; 3], tap_strides: [usize; 3], device: &Device) -> Self {
         let stem = ConvBn::new(3, STEM, 3, 2, 1, Act::Relu, device);
         let mut cin = STEM;
+        let mut stride = 2;
         let mut stages = Vec::new();
         let mut heads = Vec::new();
-        for (w, c) in WIDTHS.into_iter().zip(tap_channels) {
-            stages.push(vec![
-                ConvBn::new(cin, w, 3, 2, 1, Act::Relu, device),
-                ConvBn::new(w, w, 3, 1, 1, Act::Relu, device),
-            ]);
+        for ((w, c), s) in WIDTHS.into_iter().zip(tap_channels).zip(tap_strides) {
+            let mut stage = Vec::new();
+            while stride < s {
+                stage.push(ConvBn::new(cin, w, 3, 2, 1, Act::Relu, device));
+                (cin, stride) = (w, stride * 2);
+            }
+            stage.push(ConvBn::new(w, w, 3, 1, 1, Act::Relu, device));
+            stages.push(stage);
             heads.push(ConvBn::new(w, c, 1, 1, 1, Act::None, device));
             cin = w;
         }

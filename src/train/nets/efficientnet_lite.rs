@@ -12,7 +12,7 @@
 use burn::prelude::*;
 
 use super::layers::{Act, ConvBn, Style};
-use super::mobilenet_v2::{InvertedResidual, forward_taps, layers_in_order};
+use super::mobilenet_v2::{InvertedResidual, TapPoints, forward_taps, layers_in_order};
 
 /// One member of the family: its stages, truncated after the stage that holds the last tap,
 /// and where the taps are.
@@ -45,9 +45,9 @@ pub const STD: [f32; 3] = [128.0 / 255.0; 3];
 pub struct EfficientNetLite {
     pub stem: ConvBn,
     pub blocks: Vec<InvertedResidual>,
-    /// Block indices (0-based) whose outputs are the pyramid taps.
+    /// Blocks whose outputs are the pyramid taps.
     #[module(skip)]
-    pub taps: [usize; 3],
+    pub taps: TapPoints,
 }
 
 impl EfficientNetLite {
@@ -62,18 +62,12 @@ impl EfficientNetLite {
                 cin = c;
             }
         }
-        Self { stem, blocks, taps: variant.taps }
-    }
-
-    /// Whether block `i` (0-based) ends at a pyramid tap: the rule the network and its ONNX
-    /// export share.
-    pub fn is_tap(&self, i: usize) -> bool {
-        self.taps.contains(&i)
+        Self { stem, blocks, taps: TapPoints { blocks: variant.taps, expanded: false } }
     }
 
     /// The three tap outputs.
     pub fn forward(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
-        forward_taps(&self.stem, &self.blocks, x, |i| self.is_tap(i))
+        forward_taps(&self.stem, &self.blocks, x, &self.taps)
     }
 
     /// EfficientNet-PyTorch (conv, bn) name prefixes of every ConvBn, in

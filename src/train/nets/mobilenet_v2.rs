@@ -1,8 +1,12 @@
-//! MobileNetV2 (torchvision layout) up to the third pyramid tap: the teacher (pretrained,
+//! MobileNetV2 (torchvision layout) up to its last pyramid tap: the teacher (pretrained,
 //! frozen) and the encoder-like student Se (same architecture, random init).
 //!
-//! Shapes at input `[B, 3, H, W]`: taps are the outputs of `features.3` `[B, 24, H/4, W/4]`,
-//! `features.6` `[B, 32, H/8, W/8]` and `features.13` `[B, 96, H/16, W/16]`.
+//! Three tap sets, one network ([`Variant`]): the default taps the linear bottlenecks at the
+//! ends of `features.3` / `.6` / `.13` (`[B, 24|32|96, H/4|8|16, W/4|8|16]`); `expanded`
+//! taps the 6x wider ReLU6 expansions at the start of the next blocks (`features.4` / `.7` /
+//! `.14`, 144 / 192 / 576 channels, same strides); `s32` shifts the pyramid one octave down
+//! (`features.6` / `.13` / `.16`: 32 / 96 / 160 channels at strides 8 / 16 / 32), for defects
+//! larger than a stride-16 cell sees.
 //! Parameter names follow torchvision (`features.N.conv.M...`) so the shipped safetensors
 //! file loads by name; see [`MobileNetV2::param_names`].
 
@@ -10,18 +14,63 @@ use burn::prelude::*;
 
 use super::layers::{Act, ConvBn, Style};
 
-/// (expansion t, output channels c, repeats n, first stride s): torchvision's table,
-/// truncated after the 96-channel stage that holds the last tap.
-const STAGES: [(usize, usize, usize, usize); 5] =
-    [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1)];
-/// `features.N` indices whose outputs are the pyramid taps.
-pub const TAPS: [usize; 3] = [3, 6, 13];
-pub const TAP_CHANNELS: [usize; 3] = [24, 32, 96];
-/// Whether block `i` (0-based; torchvision's `features.{i+1}`) ends at a pyramid tap: the
-/// rule the network and its ONNX export share.
-pub fn is_tap(i: usize) -> bool {
-    TAPS.contains(&(i + 1))
+/// Where a chain of inverted residual blocks is tapped: the rule the network and its ONNX
+/// export share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TapPoints {
+    /// Block indices (0-based; MobileNetV2's `features.{i+1}`), ascending.
+    pub blocks: [usize; 3],
+    /// Tap the block's expansion (first 1x1 ConvBn, ReLU6) instead of its output.
+    pub expanded: bool,
 }
+
+impl TapPoints {
+    pub fn contains(&self, i: usize) -> bool {
+        self.blocks.contains(&i)
+    }
+
+    pub fn last(&self) -> usize {
+        self.blocks[2]
+    }
+}
+
+/// One tap set of the network: its stages (torchvision's table, truncated after the block
+/// that holds the last tap) and where the taps are.
+#[derive(Debug)]
+pub struct Variant {
+    /// (expansion t, output channels c, repeats n, first stride s).
+    pub stages: &'static [(usize, usize, usize, usize)],
+    pub taps: TapPoints,
+    pub tap_channels: [usize; 3],
+    pub tap_strides: [usize; 3],
+}
+
+const BASE: [(usize, usize, usize, usize); 5] =
+    [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1)];
+
+/// The default: linear bottlenecks at strides 4 / 8 / 16.
+pub const STANDARD: Variant = Variant {
+    stages: &BASE,
+    taps: TapPoints { blocks: [2, 5, 12], expanded: false },
+    tap_channels: [24, 32, 96],
+    tap_strides: [4, 8, 16],
+};
+
+/// The expansions of the blocks after the default taps (the last one opens the 160 stage).
+pub const EXPANDED: Variant = Variant {
+    stages: &[BASE[0], BASE[1], BASE[2], BASE[3], BASE[4], (6, 160, 1, 2)],
+    taps: TapPoints { blocks: [3, 6, 13], expanded: true },
+    tap_channels: [144, 192, 576],
+    tap_strides: [4, 8, 16],
+};
+
+/// Bottlenecks at strides 8 / 16 / 32.
+pub const S32: Variant = Variant {
+    stages: &[BASE[0], BASE[1], BASE[2], BASE[3], BASE[4], (6, 160, 3, 2)],
+    taps: TapPoints { blocks: [5, 12, 15], expanded: false },
+    tap_channels: [32, 96, 160],
+    tap_strides: [8, 16, 32],
+};
 
 /// One inverted residual block: (expand 1x1) -> depthwise 3x3 -> project 1x1 (linear).
 #[derive(Module, Debug)]
@@ -56,26 +105,28 @@ pub struct MobileNetV2 {
     pub stem: ConvBn,
     /// `blocks[i]` is torchvision's `features.{i+1}`.
     pub blocks: Vec<InvertedResidual>,
+    #[module(skip)]
+    pub taps: TapPoints,
 }
 
 impl MobileNetV2 {
     /// Random init (Se, or the teacher before its weights are loaded).
-    pub fn new(device: &Device) -> Self {
+    pub fn new(variant: &Variant, device: &Device) -> Self {
         let stem = ConvBn::new(3, 32, 3, 2, 1, Act::Relu6, device);
         let mut blocks = Vec::new();
         let mut cin = 32;
-        for (t, c, n, s) in STAGES {
+        for &(t, c, n, s) in variant.stages {
             for i in 0..n {
                 blocks.push(InvertedResidual::new(cin, c, if i == 0 { s } else { 1 }, t, 3, Style::TORCH, device));
                 cin = c;
             }
         }
-        Self { stem, blocks }
+        Self { stem, blocks, taps: variant.taps }
     }
 
     /// The three tap outputs.
     pub fn forward(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
-        forward_taps(&self.stem, &self.blocks, x, is_tap)
+        forward_taps(&self.stem, &self.blocks, x, &self.taps)
     }
 
     /// torchvision (conv, bn) name prefixes of every ConvBn, in [`layers_mut`](Self::layers_mut) order.
@@ -103,23 +154,25 @@ impl MobileNetV2 {
     }
 }
 
-/// Stem, then the blocks; returns the outputs of the blocks whose (0-based) index `is_tap`
-/// accepts. MobileNetV2 and EfficientNet-Lite alike.
-pub fn forward_taps(
-    stem: &ConvBn,
-    blocks: &[InvertedResidual],
-    x: Tensor<4>,
-    is_tap: impl Fn(usize) -> bool,
-) -> Vec<Tensor<4>> {
+/// Stem, then the blocks up to the last tap; returns the tapped tensors. MobileNetV2 and
+/// EfficientNet-Lite alike.
+pub fn forward_taps(stem: &ConvBn, blocks: &[InvertedResidual], x: Tensor<4>, taps: &TapPoints) -> Vec<Tensor<4>> {
     let mut x = stem.forward(x);
-    let mut taps = Vec::with_capacity(3);
-    for (i, block) in blocks.iter().enumerate() {
-        x = block.forward(x);
-        if is_tap(i) {
-            taps.push(x.clone());
+    let mut out = Vec::with_capacity(3);
+    for (i, block) in blocks.iter().enumerate().take(taps.last() + 1) {
+        if !taps.contains(i) {
+            x = block.forward(x);
+        } else if taps.expanded {
+            out.push(block.layers[0].forward(x.clone()));
+            if i < taps.last() {
+                x = block.forward(x);
+            }
+        } else {
+            x = block.forward(x);
+            out.push(x.clone());
         }
     }
-    taps
+    out
 }
 
 /// Every ConvBn of a stem and its blocks in forward order, for loading weights.
