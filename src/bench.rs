@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::Bundle;
 use crate::detector::profile::GraphProfile;
-use crate::detector::{Detector, Layout, Precision, Timings, ms};
+use crate::detector::{Detector, Engine, Layout, Precision, Timings, ms};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -39,6 +39,8 @@ pub struct BenchOptions {
     pub mm_threads: Option<usize>,
     /// Run the graphs' convolutions channel-last (tract's `conv_nhwc` rewrite).
     pub channels_last: bool,
+    /// The engine dskd runs the graphs on (tract's layout from `channels_last`).
+    pub engine: Engine,
 }
 
 /// Median and 99th percentile of one quantity, in ms.
@@ -121,6 +123,8 @@ pub struct Report {
     pub frames: usize,
     pub mm_threads: Option<usize>,
     pub channels_last: bool,
+    /// `tract` or `onnxruntime`.
+    pub engine: String,
     /// The frame's image score per precision (to check the reference did the same work).
     pub scores: Vec<(String, f32)>,
     pub latency: Vec<Latency>,
@@ -240,6 +244,7 @@ pub fn run(o: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Report> {
         frames: o.frames,
         mm_threads: o.mm_threads,
         channels_last: o.channels_last,
+        engine: o.engine.name().to_string(),
         scores: Vec::new(),
         latency: Vec::new(),
         throughput: Vec::new(),
@@ -253,7 +258,11 @@ pub fn run(o: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Report> {
     for p in precisions {
         let name = p.name().to_string();
         let layout = if o.channels_last { Layout::ChannelsLast } else { Layout::ChannelsFirst };
-        let mut det = Detector::load_with(&b, p, layout)?;
+        let engine = match &o.engine {
+            Engine::Tract { .. } => Engine::Tract { layout },
+            other => other.clone(),
+        };
+        let mut det = Detector::load_with(&b, p, &engine)?;
         for threads in [1, 2] {
             progress(&format!("latency {name}, {threads} thread(s)"));
             det.set_parallel(threads > 1);
@@ -267,6 +276,10 @@ pub fn run(o: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Report> {
         }
         let img = image::load_from_memory(&bytes)?;
         report.scores.push((name.clone(), det.inspect(&img)?.verdict.score));
+        if det.engine() != "tract" {
+            // Operator profiles and cost rates come from tract's plans.
+            continue;
+        }
         let profile = det.profile(&crate::preprocess::to_tensor(&img, &b.manifest.input), 3)?;
         let one_thread = report.latency.iter().find(|l| l.precision == name && l.threads == 1).expect("measured above");
         for g in &profile {
@@ -407,6 +420,7 @@ pub fn table(r: &Report, reference: Option<&Reference>) -> String {
     if r.channels_last {
         let _ = writeln!(s, "convolutions run channel-last (--channels-last)");
     }
+    let _ = writeln!(s, "dskd's engine: {}", r.engine);
     let _ = writeln!(s, "\nlatency: one frame at a time; 1 thread = sequential, 2 = T beside Se -> Sd");
     let mut header = format!("{:<11}", "stage");
     for l in &r.latency {

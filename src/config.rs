@@ -192,11 +192,44 @@ pub struct DetectorConfig {
     /// signature a bundle must carry to be loaded, at start and at reload. Empty: bundles are
     /// not checked (said once at start).
     pub trusted_keys: Vec<String>,
+    /// Inference engine: `tract` (pure Rust, in the binary) or `onnxruntime` (a dskd built with
+    /// the `onnxruntime` feature, the runtime's shared library loaded at start).
+    pub engine: EngineName,
+    /// With `engine = "onnxruntime"`: the `libonnxruntime.so` to load. Empty: `$ORT_DYLIB_PATH`,
+    /// then `lib/` beside the binary, the binary's folder, `/usr/lib/dskd/`.
+    pub onnxruntime_library: Option<PathBuf>,
+}
+
+/// The engines a config may name.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineName {
+    #[default]
+    Tract,
+    Onnxruntime,
+}
+
+impl DetectorConfig {
+    /// The engine to load the bundle's graphs on.
+    pub fn engine(&self) -> crate::detector::Engine {
+        match self.engine {
+            EngineName::Tract => crate::detector::Engine::default(),
+            EngineName::Onnxruntime => {
+                crate::detector::Engine::Onnxruntime { library: self.onnxruntime_library.clone() }
+            }
+        }
+    }
 }
 
 impl Default for DetectorConfig {
     fn default() -> Self {
-        Self { bundle: PathBuf::from("models/demo"), int8: false, trusted_keys: Vec::new() }
+        Self {
+            bundle: PathBuf::from("models/demo"),
+            int8: false,
+            trusted_keys: Vec::new(),
+            engine: EngineName::Tract,
+            onnxruntime_library: None,
+        }
     }
 }
 
@@ -450,5 +483,20 @@ mod tests {
         std::fs::write(&f, "[queue]\ncapacity = 3\n").unwrap();
         let c = Config::load(Some(&f), &[("queue.capacity".into(), "7".into())]).unwrap();
         assert_eq!(c.queue.capacity, 7);
+    }
+
+    #[test]
+    fn engine_is_chosen_by_name_and_a_wrong_one_is_named() {
+        let set = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let c = Config::load(
+            None,
+            &[set("detector.engine", "onnxruntime"), set("detector.onnxruntime_library", "/opt/ort/libonnxruntime.so")],
+        )
+        .unwrap();
+        let lib = Some(std::path::PathBuf::from("/opt/ort/libonnxruntime.so"));
+        assert_eq!(c.detector.engine(), crate::detector::Engine::Onnxruntime { library: lib });
+        assert_eq!(Config::load(None, &[]).unwrap().detector.engine().name(), "tract");
+        let e = Config::load(None, &[set("detector.engine", "openvino")]).unwrap_err();
+        assert!(format!("{e:#}").contains("openvino"), "{e:#}");
     }
 }

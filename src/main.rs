@@ -35,6 +35,10 @@ enum Command {
     /// --trusted-key, also its signature.
     Verify {
         bundle: PathBuf,
+        /// Engines to check the golden maps on, comma-separated: tract, onnxruntime (a dskd
+        /// built with the `onnxruntime` feature; library from $ORT_DYLIB_PATH or beside the binary).
+        #[arg(long, value_delimiter = ',', default_value = "tract", value_parser = ["tract", "onnxruntime"])]
+        engine: Vec<String>,
         /// A public key (hex, or a `.pub` file) the bundle must be signed by; repeatable.
         #[arg(long = "trusted-key", value_name = "KEY")]
         trusted_keys: Vec<String>,
@@ -89,6 +93,10 @@ enum Command {
         /// measure: on x86 it bought nothing, aarch64 has tract's channel-last depthwise kernel).
         #[arg(long)]
         channels_last: bool,
+        /// The engine dskd runs the graphs on: tract, or onnxruntime (a dskd built with the
+        /// `onnxruntime` feature; library from $ORT_DYLIB_PATH or beside the binary).
+        #[arg(long, default_value = "tract", value_parser = ["tract", "onnxruntime"])]
+        engine: String,
         /// Print the report as JSON (dskd's and, unless --no-reference, onnxruntime's).
         #[arg(long)]
         json: bool,
@@ -179,21 +187,26 @@ enum Command {
     },
 }
 
-fn verify(dir: &Path) -> Result<ExitCode> {
-    match dskd::verify::verify(dir) {
-        Ok(checks) => {
-            for c in &checks {
-                println!("{}", serde_json::to_string(c)?);
+fn verify(dir: &Path, engines: &[String]) -> Result<ExitCode> {
+    let mut total = 0;
+    for name in engines {
+        let engine = dskd::detector::Engine::parse(name).expect("clap checked the name");
+        match dskd::verify::verify_on(dir, &engine) {
+            Ok(checks) => {
+                for c in &checks {
+                    println!("{}", serde_json::to_string(c)?);
+                }
+                total += checks.len();
             }
-            println!("ok: {} verified ({} golden checks)", dir.display(), checks.len());
-            Ok(ExitCode::SUCCESS)
+            Err(e @ VerifyError::Parity { .. }) => {
+                eprintln!("dskd: {} ({name}): {e}", dir.display());
+                return Ok(ExitCode::from(1));
+            }
+            Err(e) => return Err(e).with_context(|| format!("verifying {} on {name}", dir.display())),
         }
-        Err(e @ VerifyError::Parity { .. }) => {
-            eprintln!("dskd: {}: {e}", dir.display());
-            Ok(ExitCode::from(1))
-        }
-        Err(e) => Err(e).with_context(|| format!("verifying {}", dir.display())),
     }
+    println!("ok: {} verified ({total} golden checks on {})", dir.display(), engines.join(", "));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn open(bundle: &Path, int8: bool) -> Result<Detector> {
@@ -307,13 +320,13 @@ fn run_daemon(config: Option<&Path>, overrides: &[String]) -> Result<ExitCode> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run { config, overrides } => run_daemon(config.as_deref(), &overrides),
-        Command::Verify { bundle, trusted_keys } => {
+        Command::Verify { bundle, engine, trusted_keys } => {
             if !trusted_keys.is_empty() {
                 let keys = dskd::signing::trusted_keys(&trusted_keys)?;
                 dskd::signing::verify(&bundle, &keys)?;
                 println!("ok: {} is signed by a trusted key", bundle.display());
             }
-            verify(&bundle)
+            verify(&bundle, &engine)
         }
         Command::Keygen { key } => {
             let public = dskd::signing::generate(&key)?;
@@ -335,6 +348,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             profile,
             mm_threads,
             channels_last,
+            engine,
             json,
             no_reference,
         } => {
@@ -347,6 +361,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 profile,
                 mm_threads,
                 channels_last,
+                engine: dskd::detector::Engine::parse(&engine).expect("clap checked the name"),
             };
             bench(&opts, json, no_reference)
         }

@@ -33,7 +33,7 @@ pub fn load_detector(cfg: &Config) -> Result<(Arc<Detector>, ModelRef)> {
     let signed = if trusted.is_empty() { None } else { Some(crate::signing::verify(dir, &trusted)?) };
     let b = Bundle::open(dir).with_context(|| format!("opening bundle {}", dir.display()))?;
     let precision = if cfg.detector.int8 { Precision::Int8 } else { Precision::F32 };
-    let det = Detector::load(&b, precision)?;
+    let det = Detector::load_with(&b, precision, &cfg.detector.engine())?;
     crate::verify::require_golden(&b, &det).with_context(|| format!("{}: golden parity", dir.display()))?;
     let model = ModelRef {
         name: b.manifest.bundle.name.clone(),

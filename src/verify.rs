@@ -1,6 +1,7 @@
-//! `dskd verify`: a bundle is usable when its hashes match, every graph loads in tract and
-//! the golden maps are reproduced within the manifest's tolerance (f32, and int8 against the
-//! same f32 golden maps with its looser bound). The daemon runs the same check at start.
+//! `dskd verify`: a bundle is usable when its hashes match, every graph loads on the engine
+//! (tract unless told) and the golden maps are reproduced within the manifest's tolerance
+//! (f32, and int8 against the same f32 golden maps with its looser bound). The daemon runs the
+//! same check at start, on its configured engine.
 
 use std::path::Path;
 
@@ -8,7 +9,7 @@ use serde::Serialize;
 
 use crate::bundle::Bundle;
 use crate::detector::anomaly_map::Map;
-use crate::detector::{Detector, DetectorError, Precision, Timings};
+use crate::detector::{Detector, DetectorError, Engine, Precision, Timings};
 use crate::preprocess;
 
 /// Largest |a - b| relative to the reference map's peak.
@@ -22,6 +23,7 @@ pub fn map_error(reference: &Map, got: &Map) -> f32 {
 #[derive(Debug, Clone, Serialize)]
 pub struct GoldenCheck {
     pub image: String,
+    pub engine: &'static str,
     pub precision: Precision,
     pub golden_score: f32,
     pub score: f32,
@@ -58,6 +60,7 @@ pub fn check_golden(bundle: &Bundle, detector: &Detector) -> Result<Vec<GoldenCh
         let error = map_error(&golden, &map);
         out.push(GoldenCheck {
             image: sample.image.clone(),
+            engine: detector.engine(),
             precision: detector.precision(),
             golden_score: sample.score,
             score,
@@ -83,14 +86,20 @@ pub fn require_golden(bundle: &Bundle, detector: &Detector) -> Result<Vec<Golden
     }
 }
 
-/// Opens (hashes), loads every graph and checks golden parity; the first failure is the error.
+/// Opens (hashes), loads every graph on tract and checks golden parity; the first failure is
+/// the error.
 pub fn verify(dir: &Path) -> Result<Vec<GoldenCheck>, VerifyError> {
+    verify_on(dir, &Engine::default())
+}
+
+/// [`verify`] on the given engine.
+pub fn verify_on(dir: &Path, engine: &Engine) -> Result<Vec<GoldenCheck>, VerifyError> {
     let bundle = Bundle::open(dir).map_err(DetectorError::from)?;
     let mut checks = Vec::new();
     let precisions: &[Precision] =
         if bundle.manifest.graphs.int8.is_some() { &[Precision::F32, Precision::Int8] } else { &[Precision::F32] };
     for &p in precisions {
-        checks.extend(require_golden(&bundle, &Detector::load(&bundle, p)?)?);
+        checks.extend(require_golden(&bundle, &Detector::load_with(&bundle, p, engine)?)?);
     }
     Ok(checks)
 }

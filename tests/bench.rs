@@ -84,7 +84,7 @@ fn channels_last_plans_give_the_same_maps() {
     ];
     for p in [Precision::F32, Precision::Int8] {
         let first = Detector::load(&b, p).unwrap();
-        let last = Detector::load_with(&b, p, Layout::ChannelsLast).unwrap();
+        let last = Detector::load_with(&b, p, &dskd::detector::Engine::Tract { layout: Layout::ChannelsLast }).unwrap();
         for frame in &frames {
             let (a, c) = (first.inspect(frame).unwrap(), last.inspect(frame).unwrap());
             let peak = a.map.data.iter().fold(0f32, |m, v| m.max(v.abs()));

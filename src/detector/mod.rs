@@ -1,27 +1,32 @@
-//! The detector: bundle graphs in tract, frame in, map and verdict out, no other I/O.
+//! The detector: bundle graphs on an inference engine, frame in, map and verdict out, no
+//! other I/O.
 //!
-//! This is the only module that imports tract. At load it pins every graph's input facts from
-//! the manifest, optimises and makes the plans runnable once; a frame then runs the teacher on
+//! This is the only module that imports an engine ([`engine`]: tract by default, onnxruntime
+//! as an option). At load it pins every graph's input shapes from the manifest and makes the
+//! graphs runnable once; a frame then runs the teacher on
 //! one thread while the Se -> Sd chain runs on another (docs/ARCHITECTURE.md §6), and the anomaly map is
 //! built from the three sets of features by [`anomaly_map`].
 
 pub mod anomaly_map;
+pub mod engine;
 pub mod memory_bank;
 pub mod profile;
 pub mod verdict;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use image::DynamicImage;
 use serde::Serialize;
-use tract_onnx::prelude::*;
 
 use crate::bundle::{Bundle, BundleError, GraphSet, Manifest};
 use crate::preprocess;
 use crate::tiling;
 use anomaly_map::{FeatureMap, Map};
+pub use engine::tract::Probe;
+pub use engine::{Engine, Layout};
+use engine::{GraphRunner, Output};
 use memory_bank::Hybrid;
 use verdict::Verdict;
 
@@ -57,21 +62,29 @@ pub enum DetectorError {
     Shape { graph: String, index: usize, found: Vec<usize>, expected: [usize; 3] },
     #[error(transparent)]
     MemoryBank(#[from] memory_bank::MemoryBankError),
+    #[error("this dskd was built without the {engine} engine (cargo feature `{engine}`)")]
+    EngineMissing { engine: &'static str },
+    #[error("onnxruntime engine: {message}")]
+    EngineLibrary { message: String },
+    #[error("per-operator profiles are tract's; this detector runs on {engine}")]
+    NotTract { engine: &'static str },
 }
-
-type Plan = Arc<TypedRunnableModel>;
 
 /// One graph, ready to run, with the file it came from (for error messages).
 struct Graph {
-    plan: Plan,
+    runner: Box<dyn GraphRunner>,
     path: PathBuf,
     inputs: Vec<Vec<usize>>,
 }
 
 impl Graph {
-    /// A tract error while running this graph, naming its file.
-    fn error(&self, e: TractError) -> DetectorError {
-        DetectorError::Run { graph: self.path.display().to_string(), message: format!("{e:#}") }
+    /// An engine error while running this graph, naming its file.
+    fn error(&self, message: String) -> DetectorError {
+        DetectorError::Run { graph: self.path.display().to_string(), message }
+    }
+
+    fn run(&self, inputs: &[&[f32]]) -> Result<Vec<Output>, DetectorError> {
+        self.runner.run(inputs).map_err(|m| self.error(m))
     }
 }
 
@@ -122,6 +135,8 @@ pub struct Detector {
     /// The hybrid map's bank and divisors, when the bundle has one.
     memory_bank: Option<Hybrid>,
     levels: Vec<[usize; 3]>,
+    /// The engine's name, for reports.
+    engine: &'static str,
     /// Teacher on its own thread beside Se -> Sd (latency), or all on the caller's thread
     /// (throughput: one frame per core).
     parallel: bool,
@@ -145,46 +160,14 @@ pub fn set_matmul_threads(n: usize) {
     set_default_executor(if n > 1 { Executor::multithread(n) } else { Executor::SingleThread });
 }
 
-/// Loads an ONNX file into a runnable plan with the given input shapes pinned.
-fn load_plan(path: &Path, inputs: &[Vec<usize>], layout: Layout) -> Result<Plan, DetectorError> {
-    let err = |e: TractError| DetectorError::Load { path: path.to_owned(), message: format!("{e:#}") };
-    let mut model = tract_onnx::onnx().model_for_path(path).map_err(err)?;
-    for (i, shape) in inputs.iter().enumerate() {
-        model = model.with_input_fact(i, f32::fact(shape).into()).map_err(err)?;
-    }
-    let mut model = model.into_typed().map_err(err)?;
-    // The rewrite runs on a decluttered graph; the default path leaves decluttering to
-    // `into_optimized` (which does it anyway), so loading costs what it did.
-    if layout == Layout::ChannelsLast {
-        model = model.into_decluttered().map_err(err)?;
-        let missing = || TractError::msg("this tract has no `conv_nhwc` transform");
-        let t = tract_onnx::tract_core::transform::get_transform("conv_nhwc").map_err(err)?.ok_or_else(missing);
-        t.map_err(err)?.transform(&mut model).map_err(err)?;
-    }
-    model.into_optimized().map_err(err)?.into_runnable().map_err(err)
-}
-
-/// How tract lays out the convolutions' activations inside a plan.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Layout {
-    /// As the ONNX files have them (NCHW): the default.
-    #[default]
-    ChannelsFirst,
-    /// Rewritten to NHWC by tract's `conv_nhwc` transform (`dskd bench --channels-last`). A
-    /// lever to measure: on x86 tract 0.23.9 vectorises depthwise convolutions only in the
-    /// channels-first layout, so it bought nothing there (docs/PERFORMANCE.md); aarch64 is
-    /// where tract has a channel-last depthwise kernel.
-    ChannelsLast,
-}
-
 impl Detector {
-    /// Loads the graphs of `precision` from an opened (hash-checked) bundle.
+    /// Loads the graphs of `precision` from an opened (hash-checked) bundle, on tract.
     pub fn load(bundle: &Bundle, precision: Precision) -> Result<Self, DetectorError> {
-        Self::load_with(bundle, precision, Layout::default())
+        Self::load_with(bundle, precision, &Engine::default())
     }
 
-    /// [`Detector::load`] with the plans' convolutions in the given layout.
-    pub fn load_with(bundle: &Bundle, precision: Precision, layout: Layout) -> Result<Self, DetectorError> {
+    /// [`Detector::load`] on the given engine.
+    pub fn load_with(bundle: &Bundle, precision: Precision, engine: &Engine) -> Result<Self, DetectorError> {
         let m = &bundle.manifest;
         let set: &GraphSet = match precision {
             Precision::F32 => &m.graphs.f32,
@@ -197,8 +180,8 @@ impl Detector {
         let level_inputs: Vec<Vec<usize>> = levels.iter().map(|l| [&[1][..], &l[..]].concat()).collect();
         let graph = |file: &str, inputs: &[Vec<usize>]| -> Result<Graph, DetectorError> {
             let path = bundle.path(file);
-            let plan = load_plan(&path, inputs, layout)?;
-            Ok(Graph { plan, path, inputs: inputs.to_vec() })
+            let runner = engine::load_graph(engine, &path, inputs)?;
+            Ok(Graph { runner, path, inputs: inputs.to_vec() })
         };
         Ok(Self {
             manifest: Arc::new(m.clone()),
@@ -208,6 +191,7 @@ impl Detector {
             student_d: set.student_d.as_deref().map(|f| graph(f, &level_inputs)).transpose()?,
             memory_bank: Hybrid::load(bundle)?,
             levels,
+            engine: engine.name(),
             parallel: true,
         })
     }
@@ -226,33 +210,32 @@ impl Detector {
         self.precision
     }
 
+    /// The engine's name (`tract`, `onnxruntime`).
+    pub fn engine(&self) -> &'static str {
+        self.engine
+    }
+
     /// Runs one graph; returns its outputs as feature maps checked against the manifest.
-    fn run(&self, g: &Graph, inputs: TVec<TValue>) -> Result<Vec<FeatureMap>, DetectorError> {
-        let outputs = g.plan.run(inputs).map_err(|e| g.error(e))?;
-        self.feature_maps(g, &outputs)
+    fn run(&self, g: &Graph, inputs: &[&[f32]]) -> Result<Vec<FeatureMap>, DetectorError> {
+        self.feature_maps(g, g.run(inputs)?)
     }
 
     /// Features of teacher, Se and (if present) Sd for one preprocessed input tensor; the
     /// teacher runs on its own thread beside the student chain.
     pub fn features(&self, input: &[f32], t: &mut Timings) -> Result<[Vec<FeatureMap>; 3], DetectorError> {
-        let m = &self.manifest;
-        let shape = [1, 3, m.input.height as usize, m.input.width as usize];
-        let tensor = Tensor::from_shape(&shape, input).map_err(|e| self.teacher.error(e))?;
-        let value: TValue = tensor.into_tvalue();
         let start = Instant::now();
-        let run_teacher = |v: TValue| {
+        let run_teacher = || {
             let s = Instant::now();
-            self.run(&self.teacher, tvec![v]).map(|f| (f, ms(s)))
+            self.run(&self.teacher, &[input]).map(|f| (f, ms(s)))
         };
         let (teacher, students) = if self.parallel {
             std::thread::scope(|scope| {
-                let v = value.clone();
-                let teacher = scope.spawn(move || run_teacher(v));
-                let students = self.student_chain(value, t);
+                let teacher = scope.spawn(run_teacher);
+                let students = self.student_chain(input, t);
                 (teacher.join().expect("teacher thread panicked"), students)
             })
         } else {
-            (run_teacher(value.clone()), self.student_chain(value, t))
+            (run_teacher(), self.student_chain(input, t))
         };
         t.networks_ms = ms(start);
         let (teacher, teacher_ms) = teacher?;
@@ -264,49 +247,43 @@ impl Detector {
     /// The teacher's features alone, on the calling thread (the nearest-neighbour scorer of
     /// `dskd eval --knn`).
     pub fn teacher_features(&self, input: &[f32]) -> Result<Vec<FeatureMap>, DetectorError> {
-        let m = &self.manifest;
-        let shape = [1, 3, m.input.height as usize, m.input.width as usize];
-        let tensor = Tensor::from_shape(&shape, input).map_err(|e| self.teacher.error(e))?;
-        self.run(&self.teacher, tvec![tensor.into_tvalue()])
+        self.run(&self.teacher, &[input])
     }
 
     /// Se, then Sd on Se's features (empty when the bundle is the S-T baseline).
     fn student_chain(
         &self,
-        image: TValue,
+        image: &[f32],
         t: &mut Timings,
     ) -> Result<(Vec<FeatureMap>, Vec<FeatureMap>), DetectorError> {
         let s = Instant::now();
-        let err = |e: TractError| self.student_e.error(e);
-        let e_out = self.student_e.plan.run(tvec![image]).map_err(err)?;
+        let e = self.run(&self.student_e, &[image])?;
         t.student_e_ms = ms(s);
-        let e = self.feature_maps(&self.student_e, &e_out)?;
         let Some(sd) = &self.student_d else { return Ok((e, Vec::new())) };
         let s = Instant::now();
-        let d = self.run(sd, e_out.into_iter().collect())?;
+        let inputs: Vec<&[f32]> = e.iter().map(|f| f.data.as_slice()).collect();
+        let d = self.run(sd, &inputs)?;
         t.student_d_ms = ms(s);
         Ok((e, d))
     }
 
     /// Graph outputs as feature maps, each checked against the manifest's level shape.
-    fn feature_maps(&self, g: &Graph, outputs: &TVec<TValue>) -> Result<Vec<FeatureMap>, DetectorError> {
+    fn feature_maps(&self, g: &Graph, outputs: Vec<Output>) -> Result<Vec<FeatureMap>, DetectorError> {
         outputs
-            .iter()
+            .into_iter()
             .zip(&self.levels)
             .enumerate()
-            .map(|(index, (t, &expected))| {
-                let shape = t.shape().to_vec();
-                if shape != [1, expected[0], expected[1], expected[2]] {
+            .map(|(index, (out, &expected))| {
+                if out.shape != [1, expected[0], expected[1], expected[2]] {
                     return Err(DetectorError::Shape {
                         graph: g.path.display().to_string(),
                         index,
-                        found: shape,
+                        found: out.shape,
                         expected,
                     });
                 }
-                let view = t.to_plain_array_view::<f32>().map_err(|e| g.error(e))?;
                 let [channels, height, width] = expected;
-                Ok(FeatureMap { data: view.iter().copied().collect(), channels, height, width })
+                Ok(FeatureMap { data: out.data, channels, height, width })
             })
             .collect()
     }
@@ -398,40 +375,4 @@ fn is_zero(v: &f64) -> bool {
 /// Milliseconds since `since`.
 pub(crate) fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
-}
-
-/// An ONNX graph with chosen tensors as outputs, for looking inside it. The trainer uses it
-/// to collect activation statistics for int8 calibration.
-pub struct Probe {
-    path: PathBuf,
-    shapes: Vec<Vec<usize>>,
-    plan: Plan,
-}
-
-impl Probe {
-    /// Loads `path` with the given input shapes and `outputs` (tensor names) as its outputs.
-    pub fn new(path: &Path, shapes: &[Vec<usize>], outputs: &[String]) -> Result<Self, DetectorError> {
-        let err = |e: TractError| DetectorError::Load { path: path.to_owned(), message: format!("{e:#}") };
-        let mut model = tract_onnx::onnx().model_for_path(path).map_err(err)?;
-        for (i, shape) in shapes.iter().enumerate() {
-            model = model.with_input_fact(i, f32::fact(shape).into()).map_err(err)?;
-        }
-        model.select_outputs_by_name(outputs).map_err(err)?;
-        let plan = model.into_optimized().map_err(err)?.into_runnable().map_err(err)?;
-        Ok(Self { path: path.to_owned(), shapes: shapes.to_vec(), plan })
-    }
-
-    /// Runs once; returns every selected output flattened.
-    pub fn run(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, DetectorError> {
-        let err =
-            |e: TractError| DetectorError::Run { graph: self.path.display().to_string(), message: format!("{e:#}") };
-        let values: TVec<TValue> = inputs
-            .iter()
-            .zip(&self.shapes)
-            .map(|(data, shape)| Tensor::from_shape(shape, data).map(|t| t.into_tvalue()))
-            .collect::<TractResult<_>>()
-            .map_err(err)?;
-        let out = self.plan.run(values).map_err(err)?;
-        out.iter().map(|t| Ok(t.to_plain_array_view::<f32>().map_err(err)?.iter().copied().collect())).collect()
-    }
 }

@@ -9,6 +9,7 @@ use std::time::Instant;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::Cost;
 
+use super::engine::tract::Plan;
 use super::{Detector, DetectorError, Graph};
 
 /// Time spent in one kind of operator during one run of a graph.
@@ -57,11 +58,11 @@ pub fn multiply_adds(path: &Path, inputs: &[Vec<usize>]) -> Result<u64, Detector
 }
 
 /// Runs `g` `runs` times with a timer around every node; mean ms per run per operator kind.
-fn op_times(g: &Graph, inputs: &TVec<TValue>, runs: usize) -> Result<Vec<OpTime>, DetectorError> {
-    let err = |e: TractError| g.error(e);
+fn op_times(g: &Graph, plan: &Plan, inputs: &TVec<TValue>, runs: usize) -> Result<Vec<OpTime>, DetectorError> {
+    let err = |e: TractError| g.error(format!("{e:#}"));
     let mut times: HashMap<String, f64> = HashMap::new();
     for _ in 0..runs {
-        let mut state = g.plan.spawn().map_err(err)?;
+        let mut state = plan.spawn().map_err(err)?;
         state
             .run_plan_with_eval(inputs.clone(), |ctx, op_state, node, input| {
                 let start = Instant::now();
@@ -72,7 +73,7 @@ fn op_times(g: &Graph, inputs: &TVec<TValue>, runs: usize) -> Result<Vec<OpTime>
             .map_err(err)?;
     }
     let mut nodes: HashMap<String, usize> = HashMap::new();
-    for node in g.plan.model().nodes() {
+    for node in plan.model().nodes() {
         *nodes.entry(node.op.name().to_string()).or_default() += 1;
     }
     let mut ops: Vec<OpTime> = times
@@ -86,23 +87,27 @@ fn op_times(g: &Graph, inputs: &TVec<TValue>, runs: usize) -> Result<Vec<OpTime>
 impl Detector {
     /// Multiply-adds and per-operator times of every graph, on one preprocessed input.
     pub fn profile(&self, input: &[f32], runs: usize) -> Result<Vec<GraphProfile>, DetectorError> {
-        let m = &self.manifest;
-        let shape = [1, 3, m.input.height as usize, m.input.width as usize];
-        let image: TValue = Tensor::from_shape(&shape, input).map_err(|e| self.teacher.error(e))?.into_tvalue();
         let mut out = Vec::new();
-        let mut one = |name: &'static str, g: &Graph, inputs: TVec<TValue>| -> Result<(), DetectorError> {
+        let mut one = |name: &'static str, g: &Graph, inputs: Vec<&[f32]>| -> Result<(), DetectorError> {
+            let plan = g.runner.tract_plan().ok_or(DetectorError::NotTract { engine: self.engine() })?;
+            let values = inputs
+                .iter()
+                .zip(&g.inputs)
+                .map(|(data, shape)| Tensor::from_shape(shape, data).map(|t| t.into_tvalue()))
+                .collect::<TractResult<TVec<TValue>>>()
+                .map_err(|e| g.error(format!("{e:#}")))?;
             out.push(GraphProfile {
                 graph: name,
                 multiply_adds: multiply_adds(&g.path, &g.inputs)?,
-                ops: op_times(g, &inputs, runs.max(1))?,
+                ops: op_times(g, plan, &values, runs.max(1))?,
             });
             Ok(())
         };
-        one("teacher", &self.teacher, tvec![image.clone()])?;
-        one("student_e", &self.student_e, tvec![image.clone()])?;
+        one("teacher", &self.teacher, vec![input])?;
+        one("student_e", &self.student_e, vec![input])?;
         if let Some(sd) = &self.student_d {
-            let se_out = self.student_e.plan.run(tvec![image]).map_err(|e| self.student_e.error(e))?;
-            one("student_d", sd, se_out)?;
+            let se_out = self.student_e.run(&[input])?;
+            one("student_d", sd, se_out.iter().map(|o| o.data.as_slice()).collect())?;
         }
         Ok(out)
     }

@@ -1,0 +1,65 @@
+//! The onnxruntime engine beside tract (cargo feature `onnxruntime`; the library from
+//! `$ORT_DYLIB_PATH`, which `tools/test` sets from `tools/ort-lib`): the same bundle's maps on
+//! both engines, golden parity through `dskd verify`'s check, and a library that is not there
+//! refused with the path named.
+#![cfg(feature = "onnxruntime")]
+
+use std::path::PathBuf;
+
+use dskd::bundle::Bundle;
+use dskd::detector::{Detector, Engine, Precision};
+
+fn onnxruntime() -> Engine {
+    let lib = std::env::var_os("ORT_DYLIB_PATH")
+        .expect("set ORT_DYLIB_PATH to libonnxruntime.so (tools/ort-lib prints it; tools/test sets it)");
+    Engine::Onnxruntime { library: Some(PathBuf::from(lib)) }
+}
+
+fn demo() -> Bundle {
+    Bundle::open(std::path::Path::new("models/demo")).expect("the demo bundle opens")
+}
+
+/// Largest |a - b| over the peak of `a`.
+fn relative_error(a: &[f32], b: &[f32]) -> f32 {
+    let peak = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / peak
+}
+
+#[test]
+fn onnxruntime_maps_match_tract_and_the_golden_maps() {
+    let bundle = demo();
+    let engine = onnxruntime();
+    for precision in [Precision::F32, Precision::Int8] {
+        let tract = Detector::load(&bundle, precision).unwrap();
+        let ort = Detector::load_with(&bundle, precision, &engine).unwrap();
+        assert_eq!(ort.engine(), "onnxruntime");
+        for sample in &bundle.manifest.golden.samples {
+            let img = dskd::preprocess::load_image(&bundle.path(&sample.image)).unwrap();
+            let (a, b) = (tract.inspect(&img).unwrap(), ort.inspect(&img).unwrap());
+            let err = relative_error(&a.map.data, &b.map.data);
+            match precision {
+                Precision::F32 => {
+                    assert!(err <= 1e-4, "{}: f32 maps differ by {err:.2e} of peak", sample.image);
+                    assert_eq!(a.verdict.defect, b.verdict.defect);
+                }
+                // Integer kernels (onnxruntime) against tract's float QDQ: the bundle's int8
+                // tolerance, the bound its golden check already holds both to.
+                Precision::Int8 => {
+                    let tol = bundle.manifest.golden.tolerance_int8;
+                    assert!(err <= tol, "{}: int8 maps differ by {err:.2e} of peak (bound {tol})", sample.image);
+                }
+            }
+        }
+    }
+    let checks = dskd::verify::verify_on(&bundle.dir, &engine).expect("golden parity on onnxruntime");
+    assert!(checks.iter().all(|c| c.engine == "onnxruntime" && c.ok), "{checks:?}");
+}
+
+#[test]
+fn a_missing_library_is_refused_with_its_path() {
+    let engine = Engine::Onnxruntime { library: Some(PathBuf::from("/nonexistent/libonnxruntime.so")) };
+    let err = Detector::load_with(&demo(), Precision::F32, &engine).err().expect("no library, no detector");
+    // Whether this process already loaded the real library or tries this one first, the
+    // error names the file asked for.
+    assert!(err.to_string().contains("/nonexistent/libonnxruntime.so"), "{err}");
+}
