@@ -929,3 +929,44 @@ fn the_drift_alarm_trips_when_the_scene_changes() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// `engine = "onnxruntime"` (the library from `$ORT_DYLIB_PATH`, which tools/test sets): the
+/// daemon serves the demo bundle and publishes events as on tract; a library that is not there
+/// stops the start with its path named, before anything is published.
+#[cfg(feature = "onnxruntime")]
+#[test]
+fn the_onnxruntime_engine_serves_events_and_a_missing_library_stops_the_start() {
+    let port = start_broker();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = subscribe(port);
+    let d = daemon(
+        dir.path(),
+        port,
+        "engine = \"onnxruntime\"\n[source]\nkind = \"synthetic\"\nrate_hz = 8.0\ndefect_every = 2\n",
+    );
+    let got = sub.collect(Duration::from_secs(60), |m| m.iter().filter(|(t, _)| t == "dskd/t/events").count() >= 2);
+    let events = events(&got);
+    assert!(events.len() >= 2, "no events on onnxruntime: {got:?}");
+    events.iter().for_each(|v| schema_check_event(v));
+    kill(d);
+    drop(sub.client);
+
+    let bad = tempfile::tempdir().unwrap();
+    let mut d = daemon(
+        bad.path(),
+        port,
+        "engine = \"onnxruntime\"\nonnxruntime_library = \"/nonexistent/libonnxruntime.so\"\n\
+         [source]\nkind = \"synthetic\"\n",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = d.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the daemon kept running without its engine");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(bad.path().join("daemon.log")).unwrap();
+    assert!(log.contains("/nonexistent/libonnxruntime.so"), "{log}");
+}
