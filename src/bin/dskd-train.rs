@@ -93,10 +93,11 @@ struct Args {
     /// `dual` = DSKD (Se and Sd); `se` = the vanilla S-T baseline (STFPM).
     #[arg(long, default_value = "dual", value_parser = ["dual", "se"])]
     students: String,
-    /// Se's architecture: `teacher` (the teacher's own, random init: the published method) or
+    /// Se's architecture: `teacher` (the teacher's own, random init: the published method),
     /// `dense` (plain 3x3 convolutions of about MobileNetV2's multiply-adds: no depthwise
-    /// convolutions, which tract runs slowly on x86).
-    #[arg(long, default_value = "teacher", value_parser = ["teacher", "dense"])]
+    /// convolutions, which tract runs slowly on x86), or `auto`: dense for the depthwise
+    /// teachers (MobileNetV2, EfficientNet-Lite), the teacher's own for the ResNets.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "teacher", "dense"])]
     student_e: String,
     /// How the six level/student maps are fused.
     #[arg(long, default_value = "sum", value_parser = ["sum", "mean", "product", "max"])]
@@ -251,7 +252,11 @@ fn run(args: Args) -> Result<()> {
         lr_schedule: args.lr_schedule,
         seed: args.seed,
         dual: args.students == "dual",
-        student_e: if args.student_e == "dense" { StudentE::Dense } else { StudentE::Teacher },
+        student_e: match args.student_e.as_str() {
+            "dense" => StudentE::Dense,
+            "teacher" => StudentE::Teacher,
+            _ => StudentE::auto(arch),
+        },
         se_sd_weight: args.se_sd_weight,
         sd_loss: args.sd_loss,
         map: MapSettings { fusion, sigma: args.sigma, score },

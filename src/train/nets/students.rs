@@ -134,6 +134,16 @@ pub enum StudentE {
 }
 
 impl StudentE {
+    /// The default Se for a teacher: dense convolutions beside a depthwise teacher (as good or
+    /// better on Magnetic Tile and 2x faster in tract, docs/RESULTS.md §0c), the teacher's
+    /// own architecture beside a dense one (the ResNets).
+    pub fn auto(arch: Arch) -> Self {
+        match arch {
+            Arch::ResNet18 | Arch::ResNet34 => StudentE::Teacher,
+            _ => StudentE::Dense,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             StudentE::Teacher => "teacher",
