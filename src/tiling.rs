@@ -44,13 +44,15 @@ pub enum TilesError {
 }
 
 impl Tiles {
-    /// Parses `ACROSSxDOWN` (the command line's `--tiles 2x2`).
+    /// Parses `ACROSSxDOWN` (the command line's `--tiles 2x2`). One tile has no overlap,
+    /// whatever `overlap` says (so `1x1` is the default grid, as recorded everywhere).
     pub fn parse(s: &str, overlap: u32) -> Result<Self, TilesError> {
         let syntax = || TilesError::Syntax(s.to_string());
         let (a, d) = s.split_once(['x', 'X']).ok_or_else(syntax)?;
         let across = a.trim().parse().map_err(|_| syntax())?;
         let down = d.trim().parse().map_err(|_| syntax())?;
-        Ok(Self { across, down, overlap })
+        let tiles = Self { across, down, overlap };
+        Ok(if tiles.is_single() { Self::default() } else { tiles })
     }
 
     /// One tile: the frame is the input.
@@ -187,6 +189,7 @@ mod tests {
     #[test]
     fn parses_and_rejects() {
         assert_eq!(Tiles::parse("2x3", 32).unwrap(), Tiles { across: 2, down: 3, overlap: 32 });
+        assert_eq!(Tiles::parse("1x1", 32).unwrap(), Tiles::default());
         assert!(Tiles::parse("2*3", 0).is_err());
         assert!(Tiles { across: 0, down: 1, overlap: 0 }.validate(256, 256).is_err());
         assert!(Tiles { across: 2, down: 2, overlap: 31 }.validate(256, 256).is_err());

@@ -255,8 +255,10 @@ fn calibrate_threshold(
 /// Activation (min, max) by tensor name.
 type Ranges = HashMap<String, (f32, f32)>;
 
-/// Activation (min, max) of every conv input over the calibration images, and the outputs
-/// of each probed image (to feed the next graph).
+/// Activation (min, max) of every conv input, each the mean over the calibration images of
+/// that image's own min and max (not the extremes of all of them: one image's outlier would
+/// otherwise spread the 256 levels over values no other image reaches), and the outputs of
+/// each probed image (to feed the next graph).
 fn ranges(path: &Path, g: &OnnxGraph, samples: &[Vec<Vec<f32>>]) -> Result<(Ranges, Vec<Vec<Vec<f32>>>)> {
     let names = quantize::conv_inputs(g);
     let mut wanted = names.clone();
@@ -271,11 +273,13 @@ fn ranges(path: &Path, g: &OnnxGraph, samples: &[Vec<Vec<f32>>]) -> Result<(Rang
         let outs = values.split_off(names.len());
         for (name, v) in names.iter().zip(values) {
             let (lo, hi) = v.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), x| (l.min(*x), h.max(*x)));
-            let e = acc.entry(name.clone()).or_insert((lo, hi));
-            *e = (e.0.min(lo), e.1.max(hi));
+            let e = acc.entry(name.clone()).or_insert((0.0, 0.0));
+            *e = (e.0 + lo, e.1 + hi);
         }
         outputs.push(outs);
     }
+    let n = samples.len().max(1) as f32;
+    acc.values_mut().for_each(|(lo, hi)| (*lo, *hi) = (*lo / n, *hi / n));
     Ok((acc, outputs))
 }
 
