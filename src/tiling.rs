@@ -85,7 +85,8 @@ impl Tiles {
 
     /// Each tile's top-left corner on the canvas, row by row.
     pub fn origins(&self, width: u32, height: u32) -> Vec<(usize, usize)> {
-        let (sx, sy) = ((width - self.overlap) as usize, (height - self.overlap) as usize);
+        // A single row or column has no step (and its side may be below the overlap).
+        let (sx, sy) = (width.saturating_sub(self.overlap) as usize, height.saturating_sub(self.overlap) as usize);
         (0..self.down as usize).flat_map(|j| (0..self.across as usize).map(move |i| (i * sx, j * sy))).collect()
     }
 }
