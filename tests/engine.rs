@@ -4,10 +4,12 @@
 //! refused with the path named.
 #![cfg(feature = "onnxruntime")]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use dskd::bundle::Bundle;
 use dskd::detector::{Detector, Engine, Precision};
+
+mod common;
 
 fn onnxruntime() -> Engine {
     let lib = std::env::var_os("ORT_DYLIB_PATH")
@@ -16,7 +18,7 @@ fn onnxruntime() -> Engine {
 }
 
 fn demo() -> Bundle {
-    Bundle::open(std::path::Path::new("models/demo")).expect("the demo bundle opens")
+    Bundle::open(Path::new("models/demo")).expect("the demo bundle opens")
 }
 
 /// Largest |a - b| over the peak of `a`.
@@ -27,11 +29,28 @@ fn relative_error(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn onnxruntime_maps_match_tract_and_the_golden_maps() {
-    let bundle = demo();
+    engine_checks(&demo());
+}
+
+/// The same on int8 graphs (onnxruntime's integer kernels against tract's float QDQ).
+#[cfg(feature = "train")]
+#[test]
+fn onnxruntime_int8_maps_match_tract() {
+    let bundle = Bundle::open(&common::int8_bundle()).unwrap();
+    assert!(bundle.manifest.graphs.int8.is_some());
+    engine_checks(&bundle);
+}
+
+fn engine_checks(bundle: &Bundle) {
     let engine = onnxruntime();
-    for precision in [Precision::F32, Precision::Int8] {
-        let tract = Detector::load(&bundle, precision).unwrap();
-        let ort = Detector::load_with(&bundle, precision, &engine).unwrap();
+    let precisions = if bundle.manifest.graphs.int8.is_some() {
+        vec![Precision::F32, Precision::Int8]
+    } else {
+        vec![Precision::F32]
+    };
+    for precision in precisions {
+        let tract = Detector::load(bundle, precision).unwrap();
+        let ort = Detector::load_with(bundle, precision, &engine).unwrap();
         assert_eq!(ort.engine(), "onnxruntime");
         for sample in &bundle.manifest.golden.samples {
             let img = dskd::preprocess::load_image(&bundle.path(&sample.image)).unwrap();
