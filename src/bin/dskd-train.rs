@@ -28,12 +28,13 @@ struct Args {
     split: Option<PathBuf>,
     /// Teacher architecture (mobilenet_v2 and efficientnet_lite0 weights ship with dskd; for
     /// efficientnet_lite2 give --teacher-weights, e.g. the PyPI package's `.pth` converted by
-    /// tools/pth-to-safetensors). mobilenet_v2_expanded and mobilenet_v2_s32 are MobileNetV2
-    /// with other taps: its 6x wider expansions, or strides 8/16/32 instead of 4/8/16.
-    #[arg(long, default_value = "mobilenet_v2", value_parser = Arch::NAMES)]
+    /// tools/pth-to-safetensors). mobilenet_v2_s32 (the default), mobilenet_v2 and
+    /// mobilenet_v2_expanded are MobileNetV2 (the same weights) tapped at strides 8/16/32, at
+    /// 4/8/16 (the published taps), or at its 6x wider expansions (4/8/16).
+    #[arg(long, default_value = "mobilenet_v2_s32", value_parser = Arch::NAMES)]
     teacher: String,
     /// Teacher weights in torchvision's key layout: `.safetensors`, or torchvision's `.pth`
-    /// [default for mobilenet_v2 and efficientnet_lite0: the shipped weights, found in $DSKD_TEACHERS if set, else
+    /// [default for the mobilenet_v2 family and efficientnet_lite0: the shipped weights, found in $DSKD_TEACHERS if set, else
     /// beside the binary (teachers/, ../share/dskd/teachers/), /usr/local/share/dskd/teachers,
     /// /usr/share/dskd/teachers, the source tree it was built from, ./models/teachers].
     #[arg(long)]
