@@ -29,10 +29,10 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DriftConfig {
-    /// Compare the scores of frames judged normal with the bundle's held-out normals and
-    /// raise `dskd/<camera>/drift` when they part (`src/drift.rs`).
+    /// Compare the frames' scores with the bundle's held-out normals and raise
+    /// `dskd/<camera>/drift` when they part (`src/drift.rs`).
     pub enabled: bool,
-    /// Live scores compared (the last this many frames judged normal).
+    /// Live scores compared (the last this many frames).
     pub window: usize,
     /// False-alarm probability of each check (one per window/4 frames).
     pub alpha: f64,

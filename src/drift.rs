@@ -2,13 +2,16 @@
 //! calibrated on? (The camera was knocked, the light changed, the product drifted.)
 //!
 //! Reference: the anomaly scores of the bundle's held-out normal images
-//! (`calibration.normal_scores`). Live: the scores of the last `window` frames judged normal.
+//! (`calibration.normal_scores`). Live: the scores of the last `window` frames.
 //! Statistic: the two-sample Kolmogorov–Smirnov distance D between them (the largest gap
 //! between their cumulative distributions), computed every `window / 4` frames once the window
 //! is full. It trips when D exceeds the critical value at `alpha`,
 //! `sqrt(-ln(alpha/2)/2) · sqrt((n+m)/(n·m))`, and clears when D falls below the critical
-//! value at 0.05 (hysteresis, so it does not flap). Frames judged defective are left out: a
-//! burst of real defects is not drift. `alpha` is per check; the rate of false trips it gives
+//! value at 0.05 (hysteresis, so it does not flap). Every frame counts, defective or not: a few
+//! real defects in a window move D by their share only (KS is a distance between
+//! distributions, not a mean), while a change that makes every frame score over the threshold
+//! (the light changed so much that all look defective) is the loudest drift there is, and an
+//! alarm that left such frames out would never see it. `alpha` is per check; the rate of false trips it gives
 //! over hours of unshifted frames is measured in the tests (see `docs/RELIABILITY.md`).
 
 use std::collections::VecDeque;
@@ -19,7 +22,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DriftState {
-    /// Fewer than `window` normal frames seen since start (or reload).
+    /// Fewer than `window` frames seen since start (or reload).
     WarmingUp,
     Ok,
     Drifting,
@@ -123,7 +126,7 @@ impl DriftMonitor {
         &self.status
     }
 
-    /// Adds the score of a frame judged normal; a change of state when this one causes it.
+    /// Adds the score of an inspected frame; a change of state when this one causes it.
     pub fn observe(&mut self, score: f32) -> Option<Change> {
         if !score.is_finite() {
             return None;

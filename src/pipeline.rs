@@ -311,9 +311,6 @@ async fn watch_drift(
     mqtt: Option<&mpsc::Sender<Message>>,
 ) {
     let Some(monitor) = serving.drift.as_mut() else { return };
-    if insp.verdict.defect {
-        return;
-    }
     let change = monitor.observe(insp.verdict.score);
     let status = monitor.status();
     if let Some(d) = status.statistic {
@@ -328,7 +325,7 @@ async fn watch_drift(
             statistic = d,
             critical,
             median_shift = shift,
-            "score drift: normal frames no longer score like the calibration's"
+            "score drift: frames no longer score like the calibration's normals"
         );
     } else {
         tracing::info!(statistic = d, critical, "score drift cleared");
