@@ -251,11 +251,7 @@ pub fn run(o: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Report> {
         graphs: Vec::new(),
         profile: Vec::new(),
     };
-    let mut precisions = vec![Precision::F32];
-    if b.manifest.graphs.int8.is_some() {
-        precisions.push(Precision::Int8);
-    }
-    for p in precisions {
+    for &p in Precision::of(&b.manifest) {
         let name = p.name().to_string();
         let layout = if o.channels_last { Layout::ChannelsLast } else { Layout::ChannelsFirst };
         let engine = match &o.engine {
@@ -276,7 +272,7 @@ pub fn run(o: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Report> {
         }
         let img = image::load_from_memory(&bytes)?;
         report.scores.push((name.clone(), det.inspect(&img)?.verdict.score));
-        if det.engine() != "tract" {
+        if !matches!(engine, Engine::Tract { .. }) {
             // Operator profiles and cost rates come from tract's plans.
             continue;
         }

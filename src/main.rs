@@ -37,7 +37,7 @@ enum Command {
         bundle: PathBuf,
         /// Engines to check the golden maps on, comma-separated: tract, onnxruntime (a dskd
         /// built with the `onnxruntime` feature; library from $ORT_DYLIB_PATH or beside the binary).
-        #[arg(long, value_delimiter = ',', default_value = "tract", value_parser = ["tract", "onnxruntime"])]
+        #[arg(long, value_delimiter = ',', default_value = "tract", value_parser = dskd::detector::Engine::NAMES)]
         engine: Vec<String>,
         /// A public key (hex, or a `.pub` file) the bundle must be signed by; repeatable.
         #[arg(long = "trusted-key", value_name = "KEY")]
@@ -95,7 +95,7 @@ enum Command {
         channels_last: bool,
         /// The engine dskd runs the graphs on: tract, or onnxruntime (a dskd built with the
         /// `onnxruntime` feature; library from $ORT_DYLIB_PATH or beside the binary).
-        #[arg(long, default_value = "tract", value_parser = ["tract", "onnxruntime"])]
+        #[arg(long, default_value = "tract", value_parser = dskd::detector::Engine::NAMES)]
         engine: String,
         /// Print the report as JSON (dskd's and, unless --no-reference, onnxruntime's).
         #[arg(long)]

@@ -96,9 +96,7 @@ pub fn verify(dir: &Path) -> Result<Vec<GoldenCheck>, VerifyError> {
 pub fn verify_on(dir: &Path, engine: &Engine) -> Result<Vec<GoldenCheck>, VerifyError> {
     let bundle = Bundle::open(dir).map_err(DetectorError::from)?;
     let mut checks = Vec::new();
-    let precisions: &[Precision] =
-        if bundle.manifest.graphs.int8.is_some() { &[Precision::F32, Precision::Int8] } else { &[Precision::F32] };
-    for &p in precisions {
+    for &p in Precision::of(&bundle.manifest) {
         checks.extend(require_golden(&bundle, &Detector::load_with(&bundle, p, engine)?)?);
     }
     Ok(checks)

@@ -12,7 +12,7 @@ mod common;
 /// The precisions a bundle has graphs for.
 fn precisions(bundle: &Path) -> Vec<&'static str> {
     let b = dskd::bundle::Bundle::open(bundle).unwrap();
-    if b.manifest.graphs.int8.is_some() { vec!["f32", "int8"] } else { vec!["f32"] }
+    dskd::detector::Precision::of(&b.manifest).iter().map(|p| p.name()).collect()
 }
 
 /// Benchmarks on a lossless frame at the input size, so that both sides see the very same
@@ -118,9 +118,7 @@ fn channels_last_checks(bundle: &Path) {
         image::DynamicImage::ImageLuma8(dskd::synth::normal(5, 0, 256)),
         image::DynamicImage::ImageLuma8(dskd::synth::defective(5, 1, 256, dskd::synth::Defect::Scratch).0),
     ];
-    let ps =
-        if b.manifest.graphs.int8.is_some() { vec![Precision::F32, Precision::Int8] } else { vec![Precision::F32] };
-    for p in ps {
+    for &p in Precision::of(&b.manifest) {
         let first = Detector::load(&b, p).unwrap();
         let last = Detector::load_with(&b, p, &dskd::detector::Engine::Tract { layout: Layout::ChannelsLast }).unwrap();
         for frame in &frames {

@@ -43,12 +43,7 @@ fn onnxruntime_int8_maps_match_tract() {
 
 fn engine_checks(bundle: &Bundle) {
     let engine = onnxruntime();
-    let precisions = if bundle.manifest.graphs.int8.is_some() {
-        vec![Precision::F32, Precision::Int8]
-    } else {
-        vec![Precision::F32]
-    };
-    for precision in precisions {
+    for &precision in Precision::of(&bundle.manifest) {
         let tract = Detector::load(bundle, precision).unwrap();
         let ort = Detector::load_with(bundle, precision, &engine).unwrap();
         assert_eq!(ort.engine(), "onnxruntime");

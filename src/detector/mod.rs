@@ -46,6 +46,11 @@ impl Precision {
             Precision::Int8 => "int8",
         }
     }
+
+    /// The precisions a bundle has graphs for: f32, and int8 when it kept them.
+    pub fn of(m: &Manifest) -> &'static [Precision] {
+        if m.graphs.int8.is_some() { &[Precision::F32, Precision::Int8] } else { &[Precision::F32] }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! Shared by the integration tests that need a bundle with int8 graphs: the demo bundle's
 //! default configuration keeps none (its fixed-normalisation int8 misses the verdict bound,
 //! docs/RESULTS.md §0c), so these tests train their own, once per test binary.
+#![cfg(feature = "train")]
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -9,7 +10,6 @@ use std::sync::OnceLock;
 
 /// A small bundle with int8 graphs (64 px, a few steps on synthetic images, the verdict bound
 /// opened so int8 is always kept: these tests check engines and plans, not int8's quality).
-#[cfg(feature = "train")]
 pub fn int8_bundle() -> PathBuf {
     static BUNDLE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     let (_, path) = BUNDLE.get_or_init(|| {

@@ -41,6 +41,9 @@ impl Default for Engine {
 }
 
 impl Engine {
+    /// Every engine's name, as the command line takes them.
+    pub const NAMES: [&'static str; 2] = ["tract", "onnxruntime"];
+
     /// `tract` or `onnxruntime`, as in config files, reports and JSON.
     pub fn name(&self) -> &'static str {
         match self {
