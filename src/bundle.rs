@@ -250,7 +250,12 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, BundleError> {
     if manifest.bundle.format != FORMAT {
         return Err(BundleError::Format { path, found: manifest.bundle.format });
     }
-    manifest.input.validate().map_err(|e| BundleError::Manifest { path, message: e.to_string() })?;
+    manifest.input.validate().map_err(|e| BundleError::Manifest { path: path.clone(), message: e.to_string() })?;
+    let count = manifest.teacher.channels.len();
+    if manifest.map.levels.iter().any(|&l| l == 0 || l > count) {
+        let message = format!("[map] levels {:?}: the teacher has levels 1 to {count}", manifest.map.levels);
+        return Err(BundleError::Manifest { path, message });
+    }
     Ok(manifest)
 }
 

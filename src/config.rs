@@ -24,6 +24,27 @@ pub struct Config {
     pub http: HttpConfig,
     pub images: ImagesConfig,
     pub drift: DriftConfig,
+    pub review: ReviewConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReviewConfig {
+    /// Folder of the review queue (`src/review.rs`; empty = off).
+    pub dir: PathBuf,
+    /// Keep the frames scoring within `[low, high]` times the image threshold.
+    pub band: [f32; 2],
+    /// Keep every defect too.
+    pub defects: bool,
+    /// Bounds: beyond either, the oldest items are deleted.
+    pub max_items: usize,
+    pub max_bytes: u64,
+}
+
+impl Default for ReviewConfig {
+    fn default() -> Self {
+        Self { dir: PathBuf::new(), band: [0.8, 1.0], defects: true, max_items: 1000, max_bytes: 1 << 30 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -364,6 +385,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             images: ImagesConfig::default(),
             drift: DriftConfig::default(),
+            review: ReviewConfig::default(),
         }
     }
 }
@@ -404,6 +426,13 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         if self.queue.capacity == 0 {
             return Err("queue.capacity must be at least 1".into());
+        }
+        let [low, high] = self.review.band;
+        if !(low.is_finite() && high.is_finite() && 0.0 <= low && low <= high) {
+            return Err(format!("review.band [{low}, {high}]: give [low, high] with 0 <= low <= high"));
+        }
+        if self.review.max_items == 0 {
+            return Err("review.max_items must be at least 1".into());
         }
         if self.source.kind == SourceKind::Dir && self.source.path.as_os_str().is_empty() {
             return Err("source.path is required for source.kind = \"dir\"".into());
@@ -454,6 +483,20 @@ mod tests {
         for f in ["config/dskd.toml", "config/demo.toml"] {
             Config::load(Some(Path::new(f)), &[]).unwrap_or_else(|e| panic!("{f}: {e}"));
         }
+    }
+
+    #[test]
+    fn shipped_config_holds_the_defaults() {
+        assert_eq!(Config::load(Some(Path::new("config/dskd.toml")), &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn a_review_band_upside_down_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("band.toml");
+        std::fs::write(&f, "[review]\nband = [1.2, 0.8]\n").unwrap();
+        let e = Config::load(Some(&f), &[]).unwrap_err().to_string();
+        assert!(e.contains("band.toml") && e.contains("review.band [1.2, 0.8]"), "{e}");
     }
 
     #[test]

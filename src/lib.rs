@@ -40,6 +40,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod progress;
 pub mod queue;
+pub mod review;
 pub mod service;
 pub mod signing;
 pub mod sink;

@@ -106,6 +106,11 @@ enum Command {
     },
     /// List the cameras this machine has and the modes each offers (for `source.device`).
     Cameras,
+    /// The review queue (`[review]`): frames near the threshold and defects, kept for a person.
+    Review {
+        #[command(subcommand)]
+        action: ReviewAction,
+    },
     /// Write a deterministic synthetic data set (MVTec-style folders).
     Synth {
         #[arg(long)]
@@ -185,6 +190,75 @@ enum Command {
         #[arg(long)]
         jpeg_quality: Option<u8>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReviewAction {
+    /// Print the newest items, one JSON line each.
+    List {
+        #[command(flatten)]
+        queue: ReviewQueue,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Write the items as a folder a person labels (`unlabelled/` to move into `good/` or
+    /// `defect/`, overlays, index.csv); `dskd-train --data ... --data OUT/good` takes the
+    /// good ones back. Labels already made are never touched.
+    Export {
+        #[command(flatten)]
+        queue: ReviewQueue,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Where the review queue is: its folder, or the daemon's configuration naming it.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+struct ReviewQueue {
+    /// The queue's folder (`review.dir`).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The daemon's configuration file; its `review.dir` is used.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl ReviewQueue {
+    fn dir(&self) -> Result<PathBuf> {
+        if let Some(d) = &self.dir {
+            return Ok(d.clone());
+        }
+        let file = self.config.as_deref().expect("clap requires --dir or --config");
+        let cfg = dskd::config::Config::load(Some(file), &[])?;
+        anyhow::ensure!(!cfg.review.dir.as_os_str().is_empty(), "{}: review.dir is not set", file.display());
+        Ok(cfg.review.dir)
+    }
+}
+
+fn review(action: &ReviewAction) -> Result<ExitCode> {
+    match action {
+        ReviewAction::List { queue, limit } => {
+            let dir = queue.dir()?;
+            let items = dskd::review::list(&dir, *limit)
+                .with_context(|| format!("reading the review queue {}", dir.display()))?;
+            for item in items {
+                println!("{}", serde_json::to_string(&item)?);
+            }
+        }
+        ReviewAction::Export { queue, out } => {
+            let dir = queue.dir()?;
+            let done = dskd::review::export(&dir, out)
+                .with_context(|| format!("exporting the review queue {} to {}", dir.display(), out.display()))?;
+            println!(
+                "{}: {} new frames in unlabelled/, {} exported before; label them by moving each into good/ or defect/ (see README.txt)",
+                out.display(),
+                done.new,
+                done.already
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn verify(dir: &Path, engines: &[String]) -> Result<ExitCode> {
@@ -366,6 +440,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bench(&opts, json, no_reference)
         }
         Command::Cameras => cameras(),
+        Command::Review { action } => review(&action),
         Command::Eval {
             bundle,
             dataset,

@@ -1,7 +1,9 @@
 //! Prometheus metrics (`dskd_*`, base units) and the small HTTP endpoint that serves them with
 //! `/healthz` (the process answers) and `/readyz` (the bundle is loaded and events have a way
-//! out: the broker is connected, or the outbox is taking them while it is down).
+//! out: the broker is connected, or the outbox is taking them while it is down), and
+//! `/review` (the review queue's items as JSON, when it is on).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -31,6 +33,10 @@ pub struct Metrics {
     pub drift_alarm: Gauge,
     pub images_written: Counter,
     pub images_skipped: Counter,
+    /// Review queue: items kept, deleted to stay in bounds, and lost to a failed write.
+    pub review_kept: Counter,
+    pub review_evicted: Counter,
+    pub review_failures: Counter,
     /// MQTT commands refused, by `reason` (see `sink::mqtt::Rejected`).
     pub commands_rejected: Family<[(&'static str, &'static str); 1], Counter>,
     /// Set once the bundle is loaded and the sinks are started.
@@ -55,6 +61,9 @@ impl Default for Metrics {
             drift_alarm: Gauge::default(),
             images_written: Counter::default(),
             images_skipped: Counter::default(),
+            review_kept: Counter::default(),
+            review_evicted: Counter::default(),
+            review_failures: Counter::default(),
             commands_rejected: Family::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
@@ -85,6 +94,9 @@ impl Default for Metrics {
             "Defects without an overlay image (rate limit or a failed write)",
             m.images_skipped.clone(),
         );
+        registry.register("review_kept", "Frames kept in the review queue", m.review_kept.clone());
+        registry.register("review_evicted", "Review items deleted to stay in bounds", m.review_evicted.clone());
+        registry.register("review_failures", "Review items lost to a failed write", m.review_failures.clone());
         registry.register(
             "commands_rejected",
             "MQTT commands refused (each answered on cmd/reply), by reason",
@@ -128,26 +140,49 @@ async fn read_request_head(stream: &mut tokio::net::TcpStream) -> Option<String>
     Some(String::from_utf8_lossy(&head).into_owned())
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, review: Option<PathBuf>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else { continue };
-        let metrics = metrics.clone();
+        let (metrics, review) = (metrics.clone(), review.clone());
         tokio::spawn(async move {
             let Some(request) = read_request_head(&mut stream).await else { return };
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/metrics" => ("200 OK", metrics.render()),
-                "/healthz" => ("200 OK", "ok\n".to_string()),
-                "/readyz" if metrics.is_ready() => ("200 OK", "ready\n".to_string()),
-                "/readyz" => ("503 Service Unavailable", "not ready\n".to_string()),
-                _ => ("404 Not Found", "not found\n".to_string()),
+            let target = request.split_whitespace().nth(1).unwrap_or("/");
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            const TEXT: &str = "text/plain; version=0.0.4";
+            let (status, kind, body) = match path {
+                "/metrics" => ("200 OK", TEXT, metrics.render()),
+                "/healthz" => ("200 OK", TEXT, "ok\n".to_string()),
+                "/readyz" if metrics.is_ready() => ("200 OK", TEXT, "ready\n".to_string()),
+                "/readyz" => ("503 Service Unavailable", TEXT, "not ready\n".to_string()),
+                "/review" => review_page(review, query).await,
+                _ => ("404 Not Found", TEXT, "not found\n".to_string()),
             };
             let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = stream.write_all(response.as_bytes()).await;
         });
+    }
+}
+
+/// `GET /review[?limit=N]`: the review queue's items, newest first (100 unless asked), as
+/// `{"items": [...]}`.
+async fn review_page(dir: Option<PathBuf>, query: &str) -> (&'static str, &'static str, String) {
+    const JSON: &str = "application/json";
+    let Some(dir) = dir else {
+        return ("404 Not Found", JSON, r#"{"error":"the review queue is off (review.dir)"}"#.into());
+    };
+    let limit = query.split('&').find_map(|kv| kv.strip_prefix("limit=")).map(str::parse::<usize>);
+    let limit = match limit {
+        None => 100,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return ("400 Bad Request", JSON, r#"{"error":"limit must be a whole number"}"#.into()),
+    };
+    match tokio::task::spawn_blocking(move || crate::review::list(&dir, limit)).await {
+        Ok(Ok(items)) => ("200 OK", JSON, serde_json::json!({ "items": items }).to_string()),
+        Ok(Err(e)) => ("500 Internal Server Error", JSON, serde_json::json!({ "error": e.to_string() }).to_string()),
+        Err(e) => ("500 Internal Server Error", JSON, serde_json::json!({ "error": e.to_string() }).to_string()),
     }
 }
 
@@ -171,7 +206,7 @@ mod tests {
     async fn a_request_in_pieces_is_answered_whole() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, Arc::new(Metrics::default())));
+        tokio::spawn(serve(listener, Arc::new(Metrics::default()), None));
         let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
         for piece in ["GET /hea", "lthz HTTP/1.1\r\nHost: x\r\n", "\r\n"] {
             c.write_all(piece.as_bytes()).await.unwrap();

@@ -19,6 +19,7 @@ use crate::detector::{Detector, Inspection, Precision};
 use crate::drift::{DriftMonitor, DriftStatus};
 use crate::metrics::Metrics;
 use crate::queue::DropOldest;
+use crate::review::{self, ReviewStore, Rule};
 use crate::service;
 use crate::sink::image_store::{ImageStore, Saved};
 use crate::sink::outbox::Outbox;
@@ -119,6 +120,78 @@ async fn store_overlay(
             metrics.images_skipped.inc();
             None
         }
+    }
+}
+
+/// The review queue and the rule that fills it, when `review.dir` is set.
+type Review = Option<(Arc<std::sync::Mutex<ReviewStore>>, Rule)>;
+
+fn open_review(cfg: &Config) -> Result<Review> {
+    let c = &cfg.review;
+    let Some(dir) = given(&c.dir) else { return Ok(None) };
+    let store =
+        ReviewStore::open(dir, c.max_items, c.max_bytes).with_context(|| format!("review.dir {}", dir.display()))?;
+    tracing::info!(dir = %dir.display(), items = store.len(), "review queue open");
+    Ok(Some((Arc::new(std::sync::Mutex::new(store)), Rule { band: c.band, defects: c.defects })))
+}
+
+/// Keeps the frame in the review queue when the rule says so. A failed write costs the item,
+/// counted and logged, never the event.
+async fn keep_for_review(review: &Review, r: &Report, frame: &Frame, insp: &Inspection, metrics: &Metrics) {
+    let Some((store, rule)) = review else { return };
+    let Some(reason) = rule.reason(r.score, r.threshold, r.is_defect()) else { return };
+    let item = review::Item {
+        id: r.id.clone(),
+        timestamp: r.timestamp.clone(),
+        camera: r.camera.clone(),
+        origin: r.origin.clone(),
+        frame_seq: r.frame_seq,
+        verdict: r.verdict.clone(),
+        reason,
+        score: r.score,
+        threshold: r.threshold,
+        model: format!("{} {}", r.model.name, r.model.version),
+        map_width: insp.map.width,
+        map_height: insp.map.height,
+    };
+    let (store, img, insp) = (store.clone(), frame.image.clone(), insp.clone());
+    let saved = tokio::task::spawn_blocking(move || {
+        let overlay = crate::overlay::render(&img, &insp.map, &insp.verdict);
+        store.lock().expect("review store lock").save(&item, &img, &insp.map, &overlay)
+    })
+    .await;
+    match saved {
+        Ok(Ok(saved)) => {
+            metrics.review_kept.inc();
+            metrics.review_evicted.inc_by(saved.evicted as u64);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "review item not kept; the event goes out as usual");
+            metrics.review_failures.inc();
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "review task failed");
+            metrics.review_failures.inc();
+        }
+    }
+}
+
+/// The reply to `cmd/review`: the queue's newest `limit` items, or why there are none.
+async fn review_reply(
+    cfg: &Config,
+    limit: usize,
+) -> (Option<String>, Option<serde_json::Map<String, serde_json::Value>>) {
+    let Some(dir) = given(&cfg.review.dir).map(PathBuf::from) else {
+        return (Some("the review queue is off (review.dir)".into()), None);
+    };
+    match tokio::task::spawn_blocking(move || review::list(&dir, limit)).await {
+        Ok(Ok(items)) => {
+            let mut data = serde_json::Map::new();
+            data.insert("items".into(), serde_json::to_value(items).expect("review items serialise"));
+            (None, Some(data))
+        }
+        Ok(Err(e)) => (Some(e.to_string()), None),
+        Err(e) => (Some(e.to_string()), None),
     }
 }
 
@@ -245,8 +318,9 @@ async fn start_http(cfg: &Config, metrics: &Arc<Metrics>) -> Result<Option<Abort
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
         .await
         .with_context(|| format!("http.listen {}: cannot bind", cfg.http.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics /healthz /readyz");
-    Ok(Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(listener, metrics.clone())))))
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics /healthz /readyz /review");
+    let review = given(&cfg.review.dir).map(PathBuf::from);
+    Ok(Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(listener, metrics.clone(), review)))))
 }
 
 /// Stops the HTTP task when the pipeline returns.
@@ -373,6 +447,7 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
     let (cmd_tx, mut cmd_rx) = mpsc::channel(64);
     let mqtt = if cfg.mqtt.enabled { Some(start_mqtt(&cfg, &serving.model, cmd_tx, &metrics)?) } else { None };
     let images = open_images(&cfg)?;
+    let review = open_review(&cfg)?;
     let queue = Arc::new(DropOldest::new(cfg.queue.capacity));
     let source = tokio::spawn(source::run(cfg.source.clone(), queue.clone(), controls.shutdown.clone()));
     notifier.ready(&format!("serving {} {}", serving.model.name, serving.model.version));
@@ -412,7 +487,14 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
                         let result = reload(&source_of_cfg, &mut serving, &notifier).await;
                         let error = result.err().map(|e| format!("{e:#}"));
                         if let Some((tx, _)) = &mqtt {
-                            let _ = tx.send(Message::Reply { request_id, command: "reload".into(), error }).await;
+                            let reply = Message::Reply { request_id, command: "reload".into(), error, data: None };
+                            let _ = tx.send(reply).await;
+                        }
+                    }
+                    Command::Review { request_id, limit } => {
+                        let (error, data) = review_reply(&cfg, limit).await;
+                        if let Some((tx, _)) = &mqtt {
+                            let _ = tx.send(Message::Reply { request_id, command: "review".into(), error, data }).await;
                         }
                     }
                 }
@@ -439,6 +521,7 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
         let mut r = report(&cfg, &frame, &insp, &serving.model, request_id);
         let saved = if r.is_defect() { store_overlay(&images, &r.id, &frame, &insp, &metrics).await } else { None };
         r.image = saved.as_ref().map(|s| s.path.display().to_string());
+        keep_for_review(&review, &r, &frame, &insp, &metrics).await;
         window.frames += 1;
         window.latencies.push(r.latency_ms.frame_to_verdict);
         if cfg.stdout.enabled {

@@ -432,7 +432,7 @@ fn watchdog_pings_follow_the_frame_loop() {
 /// The port of the daemon's HTTP endpoint, read from its log file.
 fn http_port(log: &Path) -> u16 {
     let text = std::fs::read_to_string(log).unwrap();
-    text.split("serving /metrics /healthz /readyz addr=127.0.0.1:")
+    text.split("serving /metrics /healthz /readyz /review addr=127.0.0.1:")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP address in the log:\n{text}"))
@@ -969,4 +969,95 @@ fn the_onnxruntime_engine_serves_events_and_a_missing_library_stops_the_start() 
     assert!(!status.success());
     let log = std::fs::read_to_string(bad.path().join("daemon.log")).unwrap();
     assert!(log.contains("/nonexistent/libonnxruntime.so"), "{log}");
+}
+
+/// The review queue keeps every defect and the normal frames scoring near the threshold, each
+/// with its frame, map, overlay and event id; HTTP `/review` and `cmd/review` list them; the
+/// count bound deletes the oldest; `dskd review export` writes a folder to label (training
+/// on its `good/`: `tests/train_cli.rs`).
+#[test]
+fn the_review_queue_keeps_close_calls_and_defects_and_exports_them_for_labelling() {
+    let port = start_broker();
+    let sub = subscribe(port);
+    let dir = tempfile::tempdir().unwrap();
+    let queue = dir.path().join("review");
+    // A band from 0 keeps every normal frame too: the test then knows what must be there.
+    // Triggered frames: the daemon stays up (for HTTP) and inspects exactly 12.
+    let extra = format!(
+        "[detector]\nbundle = \"models/demo\"\n[source]\nkind = \"synthetic\"\nrate_hz = 10.0\ndefect_every = 2\n\
+         [trigger]\nmode = \"external\"\n[review]\ndir = \"{}\"\nband = [0.0, 1.0]\nmax_items = 10\n",
+        queue.display()
+    );
+    let d = spawn(dir.path(), format!("{}{extra}", base_config(dir.path(), port)));
+    sub.collect(Duration::from_secs(60), |m| m.iter().any(|(t, v)| t == "dskd/t/status" && v["state"] == "online"));
+    let mut got = Vec::new();
+    for i in 0..12 {
+        let cmd = format!(r#"{{"request_id":"r{i}"}}"#);
+        sub.client.publish("dskd/t/cmd/trigger", QoS::AtLeastOnce, false, cmd.into_bytes()).unwrap();
+        // One at a time: a trigger names the next frame, and frames alternate normal/defect.
+        got.extend(sub.collect(Duration::from_secs(20), |g| !on("results", g).is_empty()));
+    }
+    let results = on("results", &got);
+    assert_eq!(results.len(), 12, "{got:?}");
+
+    // Every frame was kept (band from 0, defects on), the oldest two deleted by max_items.
+    let log = dir.path().join("daemon.log");
+    let metrics = http_get(http_port(&log), "/metrics");
+    assert!(metrics.contains("dskd_review_kept_total 12"), "{metrics}");
+    assert!(metrics.contains("dskd_review_evicted_total 2"), "{metrics}");
+    let page = http_get(http_port(&log), "/review?limit=20");
+    assert!(page.starts_with("HTTP/1.1 200 OK") && page.contains("application/json"), "{page}");
+    let body: serde_json::Value = serde_json::from_str(page.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 10);
+    let kept_ids: Vec<&str> = items.iter().map(|i| i["id"].as_str().unwrap()).collect();
+    let newest: Vec<&str> = results.iter().rev().take(10).map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(kept_ids, newest, "newest first, the event ids of the last ten results");
+    for (item, result) in items.iter().zip(results.iter().rev()) {
+        validate("review-item", item);
+        assert_eq!(item["verdict"], result["verdict"]);
+        assert_eq!(item["reason"], if result["verdict"] == "defect" { "defect" } else { "near_threshold" });
+        let folder = queue.join(item["id"].as_str().unwrap());
+        let frame = image::open(folder.join("frame.png")).unwrap();
+        assert_eq!((frame.width(), frame.height()), (256, 256));
+        let map_bytes = std::fs::metadata(folder.join("map.f32")).unwrap().len();
+        assert_eq!(map_bytes, 4 * item["map_width"].as_u64().unwrap() * item["map_height"].as_u64().unwrap());
+    }
+    assert!(http_get(http_port(&log), "/review?limit=x").starts_with("HTTP/1.1 400"));
+
+    // The same list over MQTT, and a bad limit refused.
+    sub.client
+        .publish("dskd/t/cmd/review", QoS::AtLeastOnce, false, br#"{"request_id":"v1","limit":3}"#.to_vec())
+        .unwrap();
+    sub.client
+        .publish("dskd/t/cmd/review", QoS::AtLeastOnce, false, br#"{"request_id":"v2","limit":0}"#.to_vec())
+        .unwrap();
+    let got = sub.collect(Duration::from_secs(10), |g| on("cmd/reply", g).len() >= 2);
+    let replies = on("cmd/reply", &got);
+    let v1 = replies.iter().find(|r| r["request_id"] == "v1").expect("reply to v1");
+    validate("reply", v1);
+    let listed: Vec<&str> = v1["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(listed, kept_ids[..3]);
+    let v2 = replies.iter().find(|r| r["request_id"] == "v2").expect("reply to v2");
+    assert!(v2["ok"] == false && v2["error"].as_str().unwrap().contains("limit"), "{v2}");
+    kill(d);
+
+    // Export, label one frame good, train on the originals plus it.
+    let export = dir.path().join("export");
+    let out = Command::new(env!("CARGO_BIN_EXE_dskd"))
+        .args(["review", "export", "--config"])
+        .arg(dir.path().join("dskd.toml"))
+        .arg("--out")
+        .arg(&export)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("10 new frames"));
+    let unlabelled: Vec<_> = std::fs::read_dir(export.join("unlabelled")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(unlabelled.len(), 10);
+    let index = std::fs::read_to_string(export.join("index.csv")).unwrap();
+    assert_eq!(index.lines().count(), 11, "{index}");
+    let listed =
+        Command::new(env!("CARGO_BIN_EXE_dskd")).args(["review", "list", "--dir"]).arg(&queue).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 10);
 }

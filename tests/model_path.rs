@@ -49,7 +49,7 @@ fn fixture() -> &'static Fixture {
             .unwrap();
         let bundle = dir.path().join("bundle");
         let opts = trainer::TrainOptions {
-            data: trainer::DataSource::Folder(data.join("train")),
+            data: trainer::DataSource::Folders(vec![data.join("train")]),
             arch: dskd::train::nets::backbone::Arch::MobileNetV2,
             teacher_weights: PathBuf::from("models/teachers/mobilenet_v2/mobilenet_v2-imagenet-features.safetensors"),
             out: bundle.clone(),
@@ -230,7 +230,7 @@ fn resnet18_teacher_trains_and_exports_with_parity() {
     let data = dir.path().join("data");
     synth::write_dataset(&data, 4, 64, SynthCounts { train: 10, test_good: 0, test_defect: 0 }).unwrap();
     let opts = trainer::TrainOptions {
-        data: trainer::DataSource::Folder(data.join("train")),
+        data: trainer::DataSource::Folders(vec![data.join("train")]),
         arch: dskd::train::nets::backbone::Arch::ResNet18,
         teacher_weights: weights,
         out: dir.path().join("bundle"),

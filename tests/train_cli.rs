@@ -146,3 +146,32 @@ fn teachers_folder_from_the_environment() {
     let o = run(&installed, "b");
     assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// `--data` repeated takes the folders together (a line's good images and the frames a
+/// person labelled good in `dskd review export`'s `good/`); a missing one is named.
+#[test]
+fn several_data_folders_are_taken_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = some_images(dir.path());
+    let labelled = dir.path().join("export/good");
+    std::fs::create_dir_all(&labelled).unwrap();
+    for (i, entry) in std::fs::read_dir(data.join("good")).unwrap().take(4).enumerate() {
+        std::fs::copy(entry.unwrap().path(), labelled.join(format!("frame{i}.png"))).unwrap();
+    }
+    let run = |second: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_dskd-train"))
+            .args(["--max-steps", "1", "--size", "64", "--no-bundle", "--quiet", "--data"])
+            .arg(&data)
+            .arg("--data")
+            .arg(second)
+            .arg("--out")
+            .arg(dir.path().join("out"))
+            .output()
+            .expect("dskd-train runs")
+    };
+    let o = run(&labelled);
+    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains("9 train / 1 val images"), "6 + 4 images, every 10th held out: {said}");
+    assert_fails(&run(&dir.path().join("nowhere")), &["nowhere"]);
+}

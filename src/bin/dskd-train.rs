@@ -20,9 +20,10 @@ use dskd::train::{bundle_writer, trainer, weights};
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Folder of good images (recursively); every 10th, in sorted order, is held out.
+    /// Folder of good images (recursively); repeat for several (e.g. a review export's
+    /// `good/`); every 10th, in order, is held out.
     #[arg(long, conflicts_with = "split", required_unless_present_any = ["split", "write_random_teacher"])]
-    data: Option<PathBuf>,
+    data: Vec<PathBuf>,
     /// Split file (`role<TAB>path`): `train` fits, `val` holds out, `test` is ignored.
     #[arg(long)]
     split: Option<PathBuf>,
@@ -109,6 +110,10 @@ struct Args {
     /// Image score: the map's max (0), or the mean of its K largest values.
     #[arg(long, default_value_t = 0)]
     score_top_k: usize,
+    /// Teacher levels (1-based, finest first) whose teacher-student discrepancies enter the
+    /// students' map; empty: all three. The students train on every level either way.
+    #[arg(long, value_delimiter = ',', value_name = "LEVELS")]
+    map_levels: Vec<usize>,
     /// Entries of a memory bank of normal teacher features whose nearest-neighbour distances
     /// are added to the students' map (the hybrid map): a greedy coreset of the training
     /// images' features (chosen from every training position, up to a million), built at
@@ -223,9 +228,9 @@ fn run(args: Args) -> Result<()> {
         }
     };
     let data = match (args.data, args.split) {
-        (Some(d), _) => trainer::DataSource::Folder(d),
-        (None, Some(s)) => trainer::DataSource::Split(s),
-        (None, None) => bail!("give --data DIR or --split FILE"),
+        (d, _) if !d.is_empty() => trainer::DataSource::Folders(d),
+        (_, Some(s)) => trainer::DataSource::Split(s),
+        (_, None) => bail!("give --data DIR or --split FILE"),
     };
     let fusion = match args.fusion.as_str() {
         "mean" => Fusion::Mean,
@@ -234,6 +239,9 @@ fn run(args: Args) -> Result<()> {
         _ => Fusion::Sum,
     };
     let score = if args.score_top_k == 0 { ScoreMode::Max } else { ScoreMode::TopKMean { k: args.score_top_k } };
+    if args.map_levels.iter().any(|&l| l == 0 || l > 3) {
+        bail!("--map-levels {:?}: the teacher's levels are 1, 2 and 3", args.map_levels);
+    }
     let checkpoints = args.checkpoints.unwrap_or_else(|| out.with_extension("checkpoints"));
     let opts = trainer::TrainOptions {
         data,
@@ -260,7 +268,7 @@ fn run(args: Args) -> Result<()> {
         },
         se_sd_weight: args.se_sd_weight,
         sd_loss: args.sd_loss,
-        map: MapSettings { fusion, sigma: args.sigma, score },
+        map: MapSettings { fusion, sigma: args.sigma, score, levels: args.map_levels },
         memory_bank: args.memory_bank,
         memory_bank_levels: args.memory_bank_levels,
         augment: args.augment,
@@ -282,8 +290,11 @@ fn run(args: Args) -> Result<()> {
     let trained = trainer::train(&opts)?;
     if opts.no_bundle {
         println!(
-            "checkpoints {}: {} epochs, {} steps, {:.1} img/s, val loss {:.6} (no bundle: export with --export-only)",
+            "checkpoints {}: {} train / {} val images, {} epochs, {} steps, {:.1} img/s, val loss {:.6} (no bundle: \
+             export with --export-only)",
             opts.checkpoints.display(),
+            trained.train_images,
+            trained.data.val.len(),
             trained.epochs,
             trained.steps,
             trained.images_per_s,

@@ -58,11 +58,23 @@ pub struct MapSettings {
     /// Gaussian sigma in input pixels; 0 disables the blur.
     pub sigma: f32,
     pub score: ScoreMode,
+    /// The pyramid levels (1-based, finest first) whose discrepancies enter the map; empty
+    /// (and absent in bundles older than the option): every level. Students train on every
+    /// level either way; this only chooses what the map reads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub levels: Vec<usize>,
 }
 
 impl Default for MapSettings {
     fn default() -> Self {
-        Self { fusion: Fusion::Sum, sigma: 4.0, score: ScoreMode::Max }
+        Self { fusion: Fusion::Sum, sigma: 4.0, score: ScoreMode::Max, levels: Vec::new() }
+    }
+}
+
+impl MapSettings {
+    /// Whether level `i` (0-based) enters the map.
+    pub fn reads_level(&self, i: usize) -> bool {
+        self.levels.is_empty() || self.levels.contains(&(i + 1))
     }
 }
 
@@ -228,12 +240,14 @@ pub fn anomaly_map(
     out_w: usize,
 ) -> Map {
     let fused = match settings.fusion {
-        Fusion::Sum | Fusion::Mean => fuse_linear(teacher, students, settings.fusion, out_h, out_w),
+        Fusion::Sum | Fusion::Mean => fuse_linear(teacher, students, settings, out_h, out_w),
         Fusion::Product | Fusion::Max => {
             let mut maps = Vec::with_capacity(teacher.len() * students.len());
             for student in students {
-                for (t, s) in teacher.iter().zip(student.iter()) {
-                    maps.push(upsample_bilinear(&cosine_distance(t, s), out_h, out_w));
+                for (i, (t, s)) in teacher.iter().zip(student.iter()).enumerate() {
+                    if settings.reads_level(i) {
+                        maps.push(upsample_bilinear(&cosine_distance(t, s), out_h, out_w));
+                    }
                 }
             }
             fuse(&maps, settings.fusion)
@@ -245,9 +259,17 @@ pub fn anomaly_map(
 /// Sum (or mean) fusion. Upsampling is linear, so the students' maps of one level are added at
 /// that level's resolution and upsampled once: 3 upsamplings instead of 6, same map up to
 /// float rounding.
-fn fuse_linear(teacher: &[FeatureMap], students: &[&[FeatureMap]], fusion: Fusion, out_h: usize, out_w: usize) -> Map {
+fn fuse_linear(
+    teacher: &[FeatureMap],
+    students: &[&[FeatureMap]],
+    settings: &MapSettings,
+    out_h: usize,
+    out_w: usize,
+) -> Map {
     let mut acc = vec![0.0f32; out_h * out_w];
-    for (i, t) in teacher.iter().enumerate() {
+    let mut levels = 0;
+    for (i, t) in teacher.iter().enumerate().filter(|(i, _)| settings.reads_level(*i)) {
+        levels += 1;
         let mut level = cosine_distance(t, &students[0][i]);
         for student in &students[1..] {
             let other = cosine_distance(t, &student[i]);
@@ -255,8 +277,8 @@ fn fuse_linear(teacher: &[FeatureMap], students: &[&[FeatureMap]], fusion: Fusio
         }
         upsample_add(&level, &mut acc, out_h, out_w);
     }
-    if fusion == Fusion::Mean {
-        let n = (teacher.len() * students.len()) as f32;
+    if settings.fusion == Fusion::Mean {
+        let n = (levels * students.len()) as f32;
         acc.iter_mut().for_each(|v| *v /= n);
     }
     Map { data: acc, height: out_h, width: out_w }
@@ -311,7 +333,7 @@ mod tests {
         let se = vec![level(4, 8, 8), level(6, 4, 4), level(8, 2, 2)];
         let sd = vec![level(4, 8, 8), level(6, 4, 4), level(8, 2, 2)];
         for fusion in [Fusion::Sum, Fusion::Mean] {
-            let settings = MapSettings { fusion, sigma: 1.0, score: ScoreMode::Max };
+            let settings = MapSettings { fusion, sigma: 1.0, ..MapSettings::default() };
             let fast = anomaly_map(&teacher, &[&se, &sd], &settings, 32, 32);
             let mut maps = Vec::new();
             for s in [&se, &sd] {
@@ -322,6 +344,22 @@ mod tests {
             let slow = gaussian_blur(&fuse(&maps, fusion), 1.0);
             let worst = fast.data.iter().zip(&slow.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
             assert!(worst < 1e-5, "{fusion:?}: {worst}");
+        }
+    }
+
+    #[test]
+    fn chosen_levels_are_the_only_ones_read() {
+        let mut rng = crate::synth::Rng::new(5);
+        let mut level = |c: usize, h: usize, w: usize| fm((0..c * h * w).map(|_| rng.unit() - 0.5).collect(), c, h, w);
+        let teacher = vec![level(4, 8, 8), level(6, 4, 4), level(8, 2, 2)];
+        let se = vec![level(4, 8, 8), level(6, 4, 4), level(8, 2, 2)];
+        for fusion in [Fusion::Sum, Fusion::Mean, Fusion::Max] {
+            let two = MapSettings { fusion, sigma: 1.0, levels: vec![2, 3], ..MapSettings::default() };
+            let all = MapSettings { fusion, sigma: 1.0, ..MapSettings::default() };
+            let chosen = anomaly_map(&teacher, &[&se], &two, 16, 16);
+            let coarse = anomaly_map(&teacher[1..], &[&se[1..]], &all, 16, 16);
+            assert_eq!(chosen, coarse, "{fusion:?}");
+            assert_ne!(chosen, anomaly_map(&teacher, &[&se], &all, 16, 16));
         }
     }
 

@@ -66,6 +66,8 @@ pub enum Command {
     Threshold { request_id: String, value: f32 },
     /// Re-read the configuration and bundle, validate, then swap (a bad one changes nothing).
     Reload { request_id: String },
+    /// List the review queue's newest `limit` items in the reply.
+    Review { request_id: String, limit: usize },
 }
 
 impl Command {
@@ -73,7 +75,8 @@ impl Command {
         match self {
             Command::Trigger { request_id }
             | Command::Threshold { request_id, .. }
-            | Command::Reload { request_id } => request_id,
+            | Command::Reload { request_id }
+            | Command::Review { request_id, .. } => request_id,
         }
     }
 }
@@ -91,11 +94,13 @@ pub enum Message {
     },
     /// The drift alarm tripped or cleared: `<prefix>/drift` (retained).
     Drift(serde_json::Value),
-    /// The answer to a command the pipeline carried out (reload).
+    /// The answer to a command the pipeline carried out (reload, review), with what it
+    /// returns (`items` for review) merged into the reply.
     Reply {
         request_id: String,
         command: String,
         error: Option<String>,
+        data: Option<serde_json::Map<String, serde_json::Value>>,
     },
 }
 

@@ -177,8 +177,15 @@ impl Sink {
         }
     }
 
-    fn reply(&mut self, request_id: Option<String>, command: &str, error: Option<String>) {
-        let body = json!({"request_id": request_id, "command": command, "ok": error.is_none(), "error": error});
+    fn reply(
+        &mut self,
+        request_id: Option<String>,
+        command: &str,
+        error: Option<String>,
+        data: Option<serde_json::Map<String, serde_json::Value>>,
+    ) {
+        let mut body = json!({"request_id": request_id, "command": command, "ok": error.is_none(), "error": error});
+        body.as_object_mut().expect("a reply is an object").extend(data.unwrap_or_default());
         self.publish(
             format!("{}/cmd/reply", self.s.prefix),
             QoS::AtLeastOnce,
@@ -200,17 +207,20 @@ impl Sink {
                 // A trigger's answer is its result and a reload's comes from the pipeline
                 // once it is done; a threshold change is answered here.
                 if name == "threshold" || !accepted {
-                    self.reply(Some(id), &name, (!accepted).then(|| "daemon is shutting down".into()));
+                    self.reply(Some(id), &name, (!accepted).then(|| "daemon is shutting down".into()), None);
                 }
             }
             Err(r) => {
                 tracing::warn!(%topic, reason = r.reason.label(), error = %r.message, "command refused");
                 self.s.metrics.commands_rejected.get_or_create(&[("reason", r.reason.label())]).inc();
-                self.reply(r.request_id, &name, Some(r.message));
+                self.reply(r.request_id, &name, Some(r.message), None);
             }
         }
     }
 }
+
+/// Items a `cmd/review` lists unless it gives `limit`.
+pub const REVIEW_LIMIT: usize = 100;
 
 /// Largest command payload read; a bigger one is refused unread (commands are a few dozen
 /// bytes of JSON).
@@ -269,13 +279,20 @@ pub fn parse_command(name: &str, payload: &[u8]) -> Result<Command, Rejected> {
     match name {
         "trigger" => Ok(Command::Trigger { request_id: id }),
         "reload" => Ok(Command::Reload { request_id: id }),
+        "review" => match v.get("limit") {
+            None => Ok(Command::Review { request_id: id, limit: REVIEW_LIMIT }),
+            Some(l) => match l.as_u64() {
+                Some(n) if n >= 1 => Ok(Command::Review { request_id: id, limit: n as usize }),
+                _ => Err(reject(RejectReason::BadValue, "`limit` must be a whole number from 1".into(), request_id)),
+            },
+        },
         "threshold" => match v.get("threshold").and_then(|t| t.as_f64()) {
             Some(t) if t.is_finite() && t > 0.0 => Ok(Command::Threshold { request_id: id, value: t as f32 }),
             _ => Err(reject(RejectReason::BadValue, "`threshold` must be a positive number".into(), request_id)),
         },
         other => Err(reject(
             RejectReason::UnknownCommand,
-            format!("unknown command `{other}` (trigger, threshold, reload)"),
+            format!("unknown command `{other}` (trigger, threshold, reload, review)"),
             request_id,
         )),
     }
@@ -341,7 +358,9 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
                     let topic = format!("{}/drift", sink.s.prefix);
                     sink.publish(topic, QoS::AtLeastOnce, true, d.to_string().into_bytes(), None);
                 }
-                Some(Message::Reply { request_id, command, error }) => sink.reply(Some(request_id), &command, error),
+                Some(Message::Reply { request_id, command, error, data }) => {
+                    sink.reply(Some(request_id), &command, error, data)
+                }
                 None => break,
             },
             ev = eventloop.poll(), if retry_at.is_none() => match ev {

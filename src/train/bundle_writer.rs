@@ -70,7 +70,9 @@ fn draft_manifest(t: &Trained, opts: &TrainOptions, f32_set: GraphSet) -> Result
     let name = opts.out.file_name().and_then(|n| n.to_str()).unwrap_or("bundle").to_string();
     let created = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?;
     let data = match &opts.data {
-        super::trainer::DataSource::Folder(d) => format!("folder {}", d.display()),
+        super::trainer::DataSource::Folders(d) => {
+            format!("folder {}", d.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" + "))
+        }
         super::trainer::DataSource::Split(f) => format!("split {}", f.display()),
     };
     let training = BTreeMap::from([

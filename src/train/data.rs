@@ -34,14 +34,19 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     crate::source::dir::list_images(dir).map_err(|source| DataError::Io { path: dir.to_owned(), source })
 }
 
-/// Train/val from one folder of good images.
-pub fn from_folder(dir: &Path, val_fraction: f64) -> Result<DataSet, DataError> {
-    let all = list_images(dir)?;
+/// Train/val from folders of good images (e.g. the line's own, and the frames a person
+/// labelled good in the review queue's export), taken in order, each sorted.
+pub fn from_folders(dirs: &[PathBuf], val_fraction: f64) -> Result<DataSet, DataError> {
+    let mut all = Vec::new();
+    for dir in dirs {
+        all.extend(list_images(dir)?);
+    }
+    let named = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
     if all.is_empty() {
-        return Err(DataError::Empty { path: dir.to_owned() });
+        return Err(DataError::Empty { path: named.into() });
     }
     if all.len() < 4 {
-        return Err(DataError::TooFew { path: dir.to_owned(), count: all.len() });
+        return Err(DataError::TooFew { path: named.into(), count: all.len() });
     }
     let every = ((1.0 / val_fraction.clamp(0.01, 0.5)).round() as usize).max(2);
     let (mut train, mut val) = (Vec::new(), Vec::new());

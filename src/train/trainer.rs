@@ -29,7 +29,8 @@ use crate::tiling::Tiles;
 /// Where the good images come from.
 #[derive(Debug, Clone)]
 pub enum DataSource {
-    Folder(PathBuf),
+    /// Folders of good images, taken together.
+    Folders(Vec<PathBuf>),
     Split(PathBuf),
 }
 
@@ -444,7 +445,7 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
     let teacher = weights::load_teacher(opts.arch, &opts.teacher_weights, &device)?;
 
     let mut data = match &opts.data {
-        DataSource::Folder(dir) => data::from_folder(dir, opts.val_fraction)?,
+        DataSource::Folders(dirs) => data::from_folders(dirs, opts.val_fraction)?,
         DataSource::Split(file) => data::from_split(file)?,
     };
     if let Some(n) = opts.max_train_images {
