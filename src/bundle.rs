@@ -245,8 +245,13 @@ impl Bundle {
 pub fn read_manifest(dir: &Path) -> Result<Manifest, BundleError> {
     let path = dir.join(MANIFEST);
     let text = std::fs::read_to_string(&path).map_err(|source| BundleError::Io { path: path.clone(), source })?;
+    parse_manifest(path, &text)
+}
+
+/// Parses and checks a manifest's text (`path` names it in errors).
+pub fn parse_manifest(path: PathBuf, text: &str) -> Result<Manifest, BundleError> {
     let manifest: Manifest =
-        toml::from_str(&text).map_err(|e| BundleError::Manifest { path: path.clone(), message: e.to_string() })?;
+        toml::from_str(text).map_err(|e| BundleError::Manifest { path: path.clone(), message: e.to_string() })?;
     if manifest.bundle.format != FORMAT {
         return Err(BundleError::Format { path, found: manifest.bundle.format });
     }

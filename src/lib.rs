@@ -34,6 +34,7 @@ pub mod dataset;
 pub mod detector;
 pub mod drift;
 pub mod eval;
+pub mod fuzzing;
 pub mod metrics;
 pub mod overlay;
 pub mod pipeline;

@@ -138,12 +138,15 @@ pub enum PreprocessError {
 
 /// Decodes an image file, naming the file in the error.
 pub fn load_image(path: &Path) -> Result<DynamicImage, PreprocessError> {
-    image::ImageReader::open(path)
-        .map_err(|e| PreprocessError::Decode { path: path.to_owned(), source: e.into() })?
-        .with_guessed_format()
-        .map_err(|e| PreprocessError::Decode { path: path.to_owned(), source: e.into() })?
-        .decode()
-        .map_err(|source| PreprocessError::Decode { path: path.to_owned(), source })
+    let decode_error = |source| PreprocessError::Decode { path: path.to_owned(), source };
+    let bytes = std::fs::read(path).map_err(|e| decode_error(e.into()))?;
+    decode_image(&bytes).map_err(decode_error)
+}
+
+/// Decodes an encoded image, its format told by its bytes, within the `image` crate's
+/// default limits (no single allocation over 512 MiB, whatever size a header claims).
+pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage, image::ImageError> {
+    image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?.decode()
 }
 
 /// Resizes to the input size as RGB8 (bilinear); gray images become 3 equal channels.
