@@ -55,6 +55,7 @@ fn fixture() -> &'static Fixture {
             out: bundle.clone(),
             checkpoints: dir.path().join("ckpt"),
             size: sc.size,
+            height: None,
             tiles: Default::default(),
             normalize: Default::default(),
             epochs: sc.epochs,
@@ -236,6 +237,7 @@ fn resnet18_teacher_trains_and_exports_with_parity() {
         out: dir.path().join("bundle"),
         checkpoints: dir.path().join("ckpt"),
         size: 64,
+        height: None,
         tiles: Default::default(),
         normalize: Default::default(),
         epochs: 1,
@@ -380,6 +382,25 @@ fn tiled_bundle_is_trained_exported_and_served() {
     let forgot = trainer::TrainOptions { export_only: true, tiles: Tiles::default(), ..opts.clone() };
     let err = trainer::train(&forgot).err().expect("a tiled checkpoint does not export untiled");
     assert!(format!("{err:#}").contains("tiles"), "{err:#}");
+}
+
+/// A non-square input (a camera's aspect kept, not squashed): the bundle records its width and
+/// height, tract reproduces the trainer's maps at that shape, the daemon's map has it, and
+/// a re-export at another shape is refused.
+#[test]
+fn a_non_square_input_is_trained_exported_and_served() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let (opts, m) = short_bundle(dir.path(), trainer::TrainOptions { height: Some(96), ..f.opts.clone() });
+    assert_eq!((m.input.width, m.input.height), (64, 96));
+    let bundle = dskd::bundle::Bundle::open(&opts.out).unwrap();
+    let det = dskd::detector::Detector::load(&bundle, Precision::F32).unwrap();
+    let img = dskd::preprocess::load_image(&f.data.join("test/good/000.png")).unwrap();
+    let inspection = det.inspect(&img).unwrap();
+    assert_eq!((inspection.map.width, inspection.map.height), (64, 96));
+    let square = trainer::TrainOptions { export_only: true, height: None, ..opts.clone() };
+    let err = trainer::train(&square).err().expect("a 64x96 checkpoint does not export square");
+    assert!(format!("{err:#}").contains("64x96"), "{err:#}");
 }
 
 /// MobileNetV2's other tap sets load the shipped weights and export with golden parity: its

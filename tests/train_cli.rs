@@ -175,3 +175,19 @@ fn several_data_folders_are_taken_together() {
     assert!(said.contains("9 train / 1 val images"), "6 + 4 images, every 10th held out: {said}");
     assert_fails(&run(&dir.path().join("nowhere")), &["nowhere"]);
 }
+
+/// An input size the default teacher's pyramid does not halve evenly down to Sd's bottleneck
+/// is refused before training, with the sizes that work (it failed mid-training before).
+#[test]
+fn an_input_size_sd_cannot_rebuild_is_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = some_images(dir.path());
+    let o = Command::new(env!("CARGO_BIN_EXE_dskd-train"))
+        .args(["--max-steps", "1", "--size", "224", "--no-bundle", "--quiet", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .expect("dskd-train runs");
+    assert_fails(&o, &["224x224", "multiple of 64", "e.g. 256"]);
+}

@@ -51,9 +51,11 @@ struct Args {
     /// Checkpoint directory [default: <out>.checkpoints].
     #[arg(long)]
     checkpoints: Option<PathBuf>,
-    /// Square input size (multiple of 32); with --tiles, the side of one tile.
-    #[arg(long, default_value_t = 256)]
-    size: u32,
+    /// Input size in pixels: `256` (square) or `WIDTHxHEIGHT` (e.g. `512x192` for a 500x1250
+    /// frame: keeps a camera's aspect instead of squashing it); with --tiles, the size of one
+    /// tile. Multiples of twice the teacher's deepest stride (64 for mobilenet_v2_s32).
+    #[arg(long, default_value = "256", value_parser = parse_size)]
+    size: (u32, u32),
     /// Cut each frame into ACROSSxDOWN overlapping tiles of --size instead of squashing it to
     /// one: for small or thin defects on large frames (e.g. 4x4 for a 1024x1024 camera at 256,
     /// near native resolution). Train and serve on the same tiles; the map is stitched. Each
@@ -191,6 +193,18 @@ struct Args {
     quiet: bool,
 }
 
+/// `--size`: `N` (square) or `WxH`, each a multiple of 32 from 32.
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let side = |v: &str| match v.trim().parse::<u32>() {
+        Ok(n) if n >= 32 && n.is_multiple_of(32) => Ok(n),
+        _ => Err(format!("`{v}` is not a multiple of 32 from 32")),
+    };
+    match s.split_once(['x', 'X']) {
+        Some((w, h)) => Ok((side(w)?, side(h)?)),
+        None => side(s).map(|n| (n, n)),
+    }
+}
+
 fn device(name: &str) -> Result<burn::tensor::Device> {
     match name {
         "cpu" => Ok(burn::tensor::Device::flex()),
@@ -249,7 +263,8 @@ fn run(args: Args) -> Result<()> {
         teacher_weights,
         out,
         checkpoints,
-        size: args.size,
+        size: args.size.0,
+        height: Some(args.size.1).filter(|&h| h != args.size.0),
         tiles: Tiles::parse(&args.tiles, args.tile_overlap)?,
         normalize: if args.normalize == "per-image" { Normalize::PerImage } else { Normalize::Fixed },
         epochs: args.epochs,

@@ -42,7 +42,10 @@ pub struct TrainOptions {
     pub teacher_weights: PathBuf,
     pub out: PathBuf,
     pub checkpoints: PathBuf,
+    /// Input width (a multiple of 32), and its height when that differs (None: square): a
+    /// line camera's frame keeps its aspect instead of being squashed to a square.
     pub size: u32,
+    pub height: Option<u32>,
     /// The tile grid a frame is cut into (one tile: the whole frame at `size`).
     pub tiles: Tiles,
     /// How frames are normalised (stored in the bundle; the daemon does the same).
@@ -173,6 +176,9 @@ pub fn plateaued(best_history: &[f32], patience: usize, min_improvement: f32) ->
 struct ModelShape {
     teacher: String,
     size: u32,
+    /// Absent in checkpoints older than the option (and for square inputs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    height: Option<u32>,
     dual: bool,
     /// Absent in checkpoints older than the option: those have the teacher's architecture.
     #[serde(default)]
@@ -190,6 +196,7 @@ impl ModelShape {
         Self {
             teacher: opts.arch.name().into(),
             size: opts.size,
+            height: opts.height.filter(|&h| h != opts.size),
             dual: opts.dual,
             student_e: opts.student_e,
             normalize: opts.normalize,
@@ -205,10 +212,13 @@ impl ModelShape {
         } else {
             format!(", {}x{} tiles overlapping {} px", t.across, t.down, t.overlap)
         };
+        let size = match self.height {
+            Some(h) => format!("{}x{h}", self.size),
+            None => self.size.to_string(),
+        };
         format!(
-            "{} model at {} px{tiles} ({students} students, Se {}, {} normalisation)",
+            "{} model at {size} px{tiles} ({students} students, Se {}, {} normalisation)",
             self.teacher,
-            self.size,
             self.student_e.name(),
             self.normalize.name()
         )
@@ -429,6 +439,23 @@ impl TrainLog {
     }
 }
 
+/// Sd rebuilds the teacher's pyramid from a bottleneck one stride-2 step below its deepest
+/// level, doubling back up: each side must halve evenly that far, or Sd's maps come out a
+/// pixel larger than the teacher's (224 px on the stride-32 taps: 7 -> 4 -> 8).
+fn check_size_fits(arch: Arch, width: u32, height: u32) -> Result<()> {
+    let step = 2 * arch.tap_strides()[2] as u32;
+    if !width.is_multiple_of(step) || !height.is_multiple_of(step) {
+        bail!(
+            "input {width}x{height}: with teacher {} each side must be a multiple of {step} (its deepest \
+             level is at stride {}, and Sd's bottleneck halves that once more); e.g. {}",
+            arch.name(),
+            step / 2,
+            width.div_ceil(step) * step
+        );
+    }
+    Ok(())
+}
+
 /// Reads the loss every this many steps: each read waits for the device, so a GPU would idle.
 const LOSS_EVERY: usize = 10;
 
@@ -438,8 +465,10 @@ pub fn train(opts: &TrainOptions) -> Result<Trained> {
     let started = Instant::now();
     let (mean, std) = opts.arch.input_stats();
     let spec =
-        InputSpec { mean, std, tiles: opts.tiles, ..InputSpec::imagenet(opts.size) }.with_normalize(opts.normalize);
+        InputSpec { mean, std, tiles: opts.tiles, height: opts.height.unwrap_or(opts.size), ..InputSpec::imagenet(opts.size) }
+            .with_normalize(opts.normalize);
     spec.validate()?;
+    check_size_fits(opts.arch, spec.width, spec.height)?;
     let device = opts.device.clone();
     device.seed(opts.seed);
     let teacher = weights::load_teacher(opts.arch, &opts.teacher_weights, &device)?;
