@@ -1178,3 +1178,64 @@ fn the_review_queue_keeps_close_calls_and_defects_and_exports_them_for_labelling
         Command::new(env!("CARGO_BIN_EXE_dskd")).args(["review", "list", "--dir"]).arg(&queue).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 10);
 }
+
+/// `dskd_frames_inspected_total` read off a daemon's `/metrics`.
+fn frames_inspected(port: u16) -> u64 {
+    let m = http_get(port, "/metrics");
+    m.lines()
+        .find_map(|l| l.strip_prefix("dskd_frames_inspected_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no frame counter in\n{m}"))
+}
+
+/// Several cameras on one box run as one `dskd@<camera>` instance each (README "Several
+/// cameras"): four at once, three free-running synthetic cameras and one whose source never
+/// delivers a frame. The stalled one blocks none of the others; the kernel shares the CPU
+/// between the running three fairly (each within half of the fastest); the stalled one still
+/// answers its health check. Prints each camera's frames/s.
+#[test]
+fn four_cameras_as_four_instances_share_the_cpu_and_a_stalled_one_blocks_none() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let daemons: Vec<Daemon> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, dir)| {
+            let source = if i == 3 {
+                "[source]\nkind = \"pipe\"\ncommand = \"sleep 60\"\n".to_string()
+            } else {
+                "[source]\nkind = \"synthetic\"\nrate_hz = 0.0\ndefect_every = 3\n".to_string()
+            };
+            let cfg = format!(
+                "camera = \"cam{i}\"\n[detector]\nbundle = \"models/demo\"\n{source}[stdout]\nenabled = false\n\
+                 [http]\nlisten = \"127.0.0.1:0\"\n"
+            );
+            spawn(dir.path(), cfg)
+        })
+        .collect();
+    let logs: Vec<_> = dirs.iter().map(|d| d.path().join("daemon.log")).collect();
+    let end = Instant::now() + Duration::from_secs(60);
+    let ready = |log: &Path| std::fs::read_to_string(log).is_ok_and(|t| t.contains("addr=127.0.0.1:"));
+    while Instant::now() < end && !logs.iter().all(|l| ready(l)) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ports: Vec<u16> = logs.iter().map(|l| http_port(l)).collect();
+    // Warm-up, then a 10 s window.
+    std::thread::sleep(Duration::from_secs(3));
+    let start: Vec<u64> = ports.iter().map(|&p| frames_inspected(p)).collect();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(10));
+    let fps: Vec<f64> = ports
+        .iter()
+        .zip(&start)
+        .map(|(&p, &s)| (frames_inspected(p) - s) as f64 / t0.elapsed().as_secs_f64())
+        .collect();
+    eprintln!("frames/s per camera (cam3 stalled): {fps:.1?}");
+    assert!(http_get(ports[3], "/healthz").starts_with("HTTP/1.1 200"), "the stalled camera's daemon answers");
+    assert_eq!(fps[3], 0.0, "the stalled camera inspected nothing");
+    let fastest = fps[..3].iter().copied().fold(0.0, f64::max);
+    assert!(fastest > 0.0);
+    for (i, f) in fps[..3].iter().enumerate() {
+        assert!(*f >= 0.5 * fastest, "cam{i} at {f:.1} frames/s against {fastest:.1}: not a fair share");
+    }
+    drop(daemons);
+}

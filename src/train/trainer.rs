@@ -464,9 +464,14 @@ const LOSS_EVERY: usize = 10;
 pub fn train(opts: &TrainOptions) -> Result<Trained> {
     let started = Instant::now();
     let (mean, std) = opts.arch.input_stats();
-    let spec =
-        InputSpec { mean, std, tiles: opts.tiles, height: opts.height.unwrap_or(opts.size), ..InputSpec::imagenet(opts.size) }
-            .with_normalize(opts.normalize);
+    let spec = InputSpec {
+        mean,
+        std,
+        tiles: opts.tiles,
+        height: opts.height.unwrap_or(opts.size),
+        ..InputSpec::imagenet(opts.size)
+    }
+    .with_normalize(opts.normalize);
     spec.validate()?;
     check_size_fits(opts.arch, spec.width, spec.height)?;
     let device = opts.device.clone();
