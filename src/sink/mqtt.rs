@@ -15,7 +15,7 @@
 //! back-off (rumqttc has none) and a clean session, so after each ConnAck we re-subscribe and
 //! replay every unsent event (duplicates are possible, always with the same id).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use rumqttc::{
@@ -62,12 +62,29 @@ struct Sink {
     issued: VecDeque<Option<String>>,
     /// Packet id -> event id, until PUBACK.
     inflight: HashMap<u16, String>,
+    /// Event ids handed to the client and not yet acknowledged (issued or in flight).
+    outstanding: HashSet<String>,
+    /// The outbox replay under way: rows with `after < seq <= until` still to publish.
+    replay: Option<Replay>,
+    /// An event could not be queued while connected: the next replay pass picks it up.
+    straggled: bool,
     /// Capture time of each event in flight, and frame-capture-to-PUBACK latencies (ms).
     captured: HashMap<String, SystemTime>,
     latencies: Vec<f64>,
     /// Events the outbox failed to store, and when to say so in the log.
     outbox_failures: FailureLog,
 }
+
+/// The outbox replay's cursor (see [`Sink::replay_more`]).
+#[derive(Debug, Clone, Copy)]
+struct Replay {
+    after: i64,
+    until: i64,
+}
+
+/// Events a replay keeps outstanding at most: the client's queue (1024) must keep room for
+/// live events, telemetry and replies, or they are refused.
+const REPLAY_WINDOW: usize = 256;
 
 /// Summaries of a repeating outbox failure at most this often.
 const OUTBOX_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -83,11 +100,13 @@ fn status(s: &Settings, state: &str, outbox_failures: &FailureLog) -> Vec<u8> {
 }
 
 impl Sink {
-    fn publish(&mut self, topic: String, qos: QoS, retain: bool, payload: Vec<u8>, event: Option<String>) {
+    /// Queues a message; true when the client took it. An event the client refuses stays in
+    /// the outbox and a later replay pass sends it.
+    fn publish(&mut self, topic: String, qos: QoS, retain: bool, payload: Vec<u8>, event: Option<String>) -> bool {
         // Nothing is queued while disconnected: rumqttc would send it after the reconnect,
         // next to the outbox replay (events) or long out of date (telemetry, replies).
         if !self.connected {
-            return;
+            return false;
         }
         // rumqttc treats an oversized packet as a connection error: every message in flight
         // would be resent after the reconnect. Refuse it here instead (fixed header, topic
@@ -95,12 +114,62 @@ impl Sink {
         let size = payload.len() + topic.len() + 16;
         if size > self.s.max_packet_bytes {
             tracing::warn!(%topic, size, max = self.s.max_packet_bytes, "mqtt message too large, not sent");
-            return;
+            return false;
         }
         match self.client.try_publish(topic, qos, retain, payload) {
-            Ok(()) => self.issued.push_back(event),
-            // The event stays in the outbox and goes out on the next replay.
-            Err(e) => tracing::warn!(error = %e, "mqtt publish not queued"),
+            Ok(()) => {
+                if let Some(id) = &event {
+                    self.outstanding.insert(id.clone());
+                }
+                self.issued.push_back(event);
+                true
+            }
+            Err(e) => {
+                // The event stays in the outbox; a replay pass sends it.
+                tracing::warn!(error = %e, "mqtt publish not queued");
+                self.straggled |= event.is_some();
+                false
+            }
+        }
+    }
+
+    /// Publishes the next page of the outbox replay while fewer than [`REPLAY_WINDOW`] events
+    /// are outstanding; called at connect and on every PUBACK. Rows stored after the replay
+    /// began went out live, so a pass covers only the rows that were there when it started;
+    /// events refused by a full client queue meanwhile start another pass when it ends.
+    fn replay_more(&mut self) {
+        while self.connected {
+            let Some(r) = self.replay else {
+                if !std::mem::take(&mut self.straggled) {
+                    return;
+                }
+                let until = self.outbox.last_seq().unwrap_or(0);
+                self.replay = Some(Replay { after: 0, until });
+                continue;
+            };
+            let room = REPLAY_WINDOW.saturating_sub(self.outstanding.len());
+            if room == 0 {
+                return;
+            }
+            let page = match self.outbox.unsent_page(r.after, r.until, room) {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the outbox");
+                    return;
+                }
+            };
+            if page.is_empty() {
+                self.replay = None;
+                continue;
+            }
+            for (seq, p) in page {
+                if !self.outstanding.contains(&p.id)
+                    && !self.publish(p.topic, QoS::AtLeastOnce, false, p.payload, Some(p.id))
+                {
+                    return;
+                }
+                self.replay = Some(Replay { after: seq, until: r.until });
+            }
         }
     }
 
@@ -159,21 +228,22 @@ impl Sink {
         self.connected = true;
         self.s.metrics.mqtt_connected.set(1);
         self.inflight.clear();
+        self.outstanding.clear();
         tracing::info!(host = %self.s.host, port = self.s.port, "mqtt connected");
         self.publish_status("online");
         if let Err(e) = self.client.try_subscribe(format!("{}/cmd/+", self.s.prefix), QoS::AtLeastOnce) {
             tracing::warn!(error = %e, "mqtt subscribe not queued");
         }
-        match self.outbox.unsent() {
-            Ok(pending) => {
-                if !pending.is_empty() {
-                    tracing::info!(events = pending.len(), "replaying the outbox");
+        match (self.outbox.last_seq(), self.outbox.len()) {
+            (Ok(until), Ok(pending)) => {
+                if pending > 0 {
+                    tracing::info!(events = pending, "replaying the outbox");
                 }
-                for p in pending {
-                    self.publish(p.topic, QoS::AtLeastOnce, false, p.payload, Some(p.id));
-                }
+                self.straggled = false;
+                self.replay = Some(Replay { after: 0, until });
+                self.replay_more();
             }
-            Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
+            (Err(e), _) | (_, Err(e)) => tracing::error!(error = %e, "cannot read the outbox"),
         }
     }
 
@@ -324,6 +394,9 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
         connected: false,
         issued: VecDeque::new(),
         inflight: HashMap::new(),
+        outstanding: HashSet::new(),
+        replay: None,
+        straggled: false,
         captured: HashMap::new(),
         latencies: Vec::new(),
         outbox_failures,
@@ -416,6 +489,8 @@ async fn handle(sink: &mut Sink, ev: Event) {
                 if let Err(e) = sink.outbox.mark_sent(&id) {
                     tracing::error!(error = %e, %id, "cannot mark event sent");
                 }
+                sink.outstanding.remove(&id);
+                sink.replay_more();
             }
         }
         Event::Incoming(Packet::Publish(p)) => sink.on_command(&p.topic, &p.payload).await,

@@ -89,6 +89,26 @@ impl Outbox {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
+    /// Up to `limit` unsent events with `after < seq <= until`, oldest first, with their seq:
+    /// a replay in pages, so a long outage's backlog never overfills the client's queue.
+    pub fn unsent_page(&self, after: i64, until: i64, limit: usize) -> Result<Vec<(i64, Pending)>, OutboxError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, id, topic, payload FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![after, until, limit as i64], |r| {
+                Ok((r.get(0)?, Pending { id: r.get(1)?, topic: r.get(2)?, payload: r.get(3)? }))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The newest event's seq (0 when empty).
+    pub fn last_seq(&self) -> Result<i64, OutboxError> {
+        self.conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0)).map_err(|e| self.err(e))
+    }
+
     pub fn len(&self) -> Result<u64, OutboxError> {
         self.conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0)).map_err(|e| self.err(e))
     }
@@ -126,5 +146,25 @@ mod tests {
         let o = Outbox::open(&path, 3).unwrap();
         let ids: Vec<String> = o.unsent().unwrap().into_iter().map(|p| p.id).collect();
         assert_eq!(ids, ["id2", "id4"]);
+    }
+
+    #[test]
+    fn pages_cover_a_range_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(&dir.path().join("o.sqlite"), 100).unwrap();
+        for i in 0..7 {
+            o.insert(&ev(i)).unwrap();
+        }
+        o.mark_sent("id2").unwrap();
+        let until = o.last_seq().unwrap();
+        let mut after = 0;
+        let mut seen = Vec::new();
+        loop {
+            let page = o.unsent_page(after, until - 1, 2).unwrap();
+            let Some((last, _)) = page.last() else { break };
+            after = *last;
+            seen.extend(page.into_iter().map(|(_, p)| p.id));
+        }
+        assert_eq!(seen, ["id0", "id1", "id3", "id4", "id5"], "id6 is past `until`");
     }
 }
