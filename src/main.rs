@@ -169,6 +169,10 @@ enum Command {
         /// the val normals).
         #[arg(long, default_value_t = 1.0, requires = "knn_fuse")]
         knn_weight: f32,
+        /// With --knn-fuse: divide each map by its held-out normals' mean image score (as
+        /// bundles do), or by their spread (standard deviation).
+        #[arg(long, default_value = "mean", requires = "knn_fuse", value_parser = dskd::detector::memory_bank::Divisor::NAMES)]
+        knn_divisor: String,
         /// With --knn: also bank flipped (or flipped and turned) copies of the train images.
         #[arg(long, value_enum, default_value_t = dskd::augment::Augment::None, requires = "knn")]
         knn_augment: dskd::augment::Augment,
@@ -453,6 +457,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             knn_candidates,
             knn_fuse,
             knn_weight,
+            knn_divisor,
             knn_augment,
         } => {
             let precision = if int8 { Precision::Int8 } else { Precision::F32 };
@@ -465,6 +470,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 progress: !quiet,
                 fuse: knn_fuse,
                 knn_weight,
+                divisor: dskd::detector::memory_bank::Divisor::parse(&knn_divisor).expect("clap checked the name"),
                 augment: knn_augment,
             });
             let opts = dskd::eval::EvalOptions { bundle, dataset, precision, progress: !quiet, knn };

@@ -350,13 +350,46 @@ pub struct Hybrid {
     pub knn_divisor: f32,
 }
 
+/// What each map of the hybrid is divided by before the two are added, from its image scores
+/// on held-out normals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Divisor {
+    /// The mean: a typical normal image's two maps peak alike.
+    #[default]
+    Mean,
+    /// The standard deviation: each map's scores on normals spread alike, so neither one's
+    /// noise on normal images outweighs the other's.
+    Spread,
+}
+
+impl Divisor {
+    pub const NAMES: [&'static str; 2] = ["mean", "spread"];
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "mean" => Some(Self::Mean),
+            "spread" => Some(Self::Spread),
+            _ => None,
+        }
+    }
+
+    fn of(self, v: &[f32]) -> f32 {
+        let n = v.len().max(1) as f32;
+        let mean = v.iter().sum::<f32>() / n;
+        let d = match self {
+            Divisor::Mean => mean,
+            Divisor::Spread => (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / n).sqrt(),
+        };
+        d.max(1e-9)
+    }
+}
+
 impl Hybrid {
-    /// Divisors from the held-out normals' image scores of each map: at `knn_weight` 1 a
-    /// typical normal image's two maps peak alike; above 1 the kNN map counts for more.
-    pub fn new(bank: MemoryBank, students_scores: &[f32], knn_scores: &[f32], knn_weight: f32) -> Self {
-        let mean = |v: &[f32]| (v.iter().sum::<f32>() / v.len().max(1) as f32).max(1e-9);
-        let knn_divisor = mean(knn_scores) / knn_weight.max(1e-6);
-        Self { bank, students_divisor: mean(students_scores), knn_divisor }
+    /// Divisors from the held-out normals' image scores of each map (`by` their mean or
+    /// their spread); above `knn_weight` 1 the kNN map counts for more.
+    pub fn new(bank: MemoryBank, students_scores: &[f32], knn_scores: &[f32], knn_weight: f32, by: Divisor) -> Self {
+        let knn_divisor = by.of(knn_scores) / knn_weight.max(1e-6);
+        Self { bank, students_divisor: by.of(students_scores), knn_divisor }
     }
 
     /// The bundle's `[memory_bank]`, checked against its manifest; `None` without one.
@@ -400,6 +433,16 @@ mod tests {
         assert!((p.data[0] - 1.0).abs() < 1e-6, "corner averages 4 cells: {}", p.data[0]);
         assert!((p.data[4] - 4.0 / 9.0).abs() < 1e-6);
         assert_eq!(p.data[8], 0.0);
+    }
+
+    #[test]
+    fn divisors_are_the_normals_mean_or_spread() {
+        let bank = || MemoryBank::new(vec![2, 3], Array2::zeros((1, 2)));
+        let (students, knn) = ([1.0, 3.0], [10.0, 10.0, 16.0, 16.0]);
+        let mean = Hybrid::new(bank(), &students, &knn, 1.0, Divisor::Mean);
+        assert_eq!((mean.students_divisor, mean.knn_divisor), (2.0, 13.0));
+        let spread = Hybrid::new(bank(), &students, &knn, 2.0, Divisor::Spread);
+        assert_eq!((spread.students_divisor, spread.knn_divisor), (1.0, 1.5));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::augment::Augment;
 use crate::bundle::{Bundle, Calibration};
 use crate::dataset;
 use crate::detector::anomaly_map::{self, Map, MapSettings};
-use crate::detector::memory_bank::{FitOptions, Hybrid, MemoryBank};
+use crate::detector::memory_bank::{Divisor, FitOptions, Hybrid, MemoryBank};
 use crate::detector::{Detector, DetectorError, Inspection, Precision, Timings, verdict};
 use crate::preprocess::{self, InputSpec};
 use crate::tiling;
@@ -43,6 +43,8 @@ pub struct KnnOptions {
     pub fuse: bool,
     /// With `fuse`: the kNN map's weight against the students' (1 = alike on normals).
     pub knn_weight: f32,
+    /// With `fuse`: what each map is divided by (its normals' mean score, or their spread).
+    pub divisor: Divisor,
     /// Flipped or turned copies of the `train` images in the bank too.
     pub augment: Augment,
 }
@@ -51,7 +53,11 @@ impl KnnOptions {
     /// One line saying what was scored, for reports.
     pub fn describe(&self) -> String {
         let levels: Vec<String> = self.levels.iter().map(|l| l.to_string()).collect();
-        let fused = if self.fuse { format!(" + students (knn weight {})", self.knn_weight) } else { String::new() };
+        let fused = if self.fuse {
+            format!(" + students (knn weight {}, divided by {:?})", self.knn_weight, self.divisor)
+        } else {
+            String::new()
+        };
         let aug =
             if self.augment == Augment::None { String::new() } else { format!(", augment {}", self.augment.name()) };
         format!("knn (teacher levels {}, bank {}{aug}){fused}", levels.join("+"), self.bank)
@@ -104,7 +110,7 @@ impl KnnScorer {
             input: bundle.manifest.input.clone(),
             map: bundle.manifest.map.clone(),
             detector,
-            hybrid: Hybrid::new(bank, &[], &[], 1.0),
+            hybrid: Hybrid::new(bank, &[], &[], 1.0, Divisor::Mean),
             fuse: opts.fuse,
             calibration: bundle.manifest.calibration.clone(),
         };
@@ -117,7 +123,7 @@ impl KnnScorer {
             let scores = |maps: Vec<&Map>| maps.iter().map(|m| anomaly_map::score(m, scorer.map.score)).collect();
             let k: Vec<f32> = scores(val_maps.iter().map(|m| &m.0).collect());
             let s: Vec<f32> = scores(val_maps.iter().filter_map(|m| m.1.as_ref()).collect());
-            scorer.hybrid = Hybrid::new(scorer.hybrid.bank, &s, &k, opts.knn_weight);
+            scorer.hybrid = Hybrid::new(scorer.hybrid.bank, &s, &k, opts.knn_weight, opts.divisor);
         }
         let (mut scores, mut pixels) = (Vec::new(), Vec::new());
         for (knn, students) in val_maps {
