@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use dskd::augment::Augment;
 use dskd::detector::anomaly_map::{Fusion, MapSettings, ScoreMode};
+use dskd::detector::memory_bank::Divisor;
 use dskd::preprocess::Normalize;
 use dskd::tiling::Tiles;
 use dskd::train::loss::SdLoss;
@@ -127,6 +128,10 @@ struct Args {
     /// Teacher levels (1-based, finest first) the memory bank's features come from.
     #[arg(long, value_delimiter = ',', default_values_t = [2usize, 3])]
     memory_bank_levels: Vec<usize>,
+    /// The hybrid map: each map divided by its held-out normals' `mean` image score, or by
+    /// their `spread` (standard deviation), before the two are added.
+    #[arg(long, default_value = "mean", value_parser = Divisor::NAMES)]
+    bank_divisor: String,
     /// Also train (and bank) flipped copies of each good image (`flip`: 4 copies), or every
     /// flip and quarter turn (`rotate`: 8). For surfaces with no up or left (tiles, sheet,
     /// fabric); leave off for objects with an orientation. An epoch passes every copy.
@@ -286,6 +291,7 @@ fn run(args: Args) -> Result<()> {
         map: MapSettings { fusion, sigma: args.sigma, score, levels: args.map_levels },
         memory_bank: args.memory_bank,
         memory_bank_levels: args.memory_bank_levels,
+        bank_divisor: Divisor::parse(&args.bank_divisor).expect("clap checked the name"),
         augment: args.augment,
         resume: args.resume,
         time_budget_s: args.time_budget.map(|m| m * 60.0),

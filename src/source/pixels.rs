@@ -25,6 +25,8 @@ pub enum PixelError {
     Size { format: PixelFormat, width: u32, height: u32, want: usize, got: usize },
     #[error("{format:?} frame of {width}x{height}: width must be even")]
     OddWidth { format: PixelFormat, width: u32, height: u32 },
+    #[error("Nv12 frame of {width}x{height}: height must be even")]
+    OddHeight { width: u32, height: u32 },
     #[error("MJPEG frame does not decode: {0}")]
     Jpeg(String),
 }
@@ -49,6 +51,21 @@ pub fn to_image(
     Ok(if gray && img.color() != image::ColorType::L8 { DynamicImage::ImageLuma8(img.to_luma8()) } else { img })
 }
 
+/// Pixels in a `width`×`height` frame and the bytes `bytes_per_px` of each take, or a size
+/// error when that overflows (a driver or stream reporting absurd dimensions).
+fn frame_bytes(
+    format: PixelFormat,
+    width: u32,
+    height: u32,
+    got: usize,
+    bytes_per_px: usize,
+) -> Result<(usize, usize), PixelError> {
+    let n = width as usize * height as usize;
+    let want = n.checked_mul(bytes_per_px).ok_or(PixelError::Size { format, width, height, want: usize::MAX, got })?;
+    check_len(format, width, height, got, want)?;
+    Ok((n, want))
+}
+
 fn check_len(format: PixelFormat, width: u32, height: u32, got: usize, want: usize) -> Result<(), PixelError> {
     // Some drivers pad the last line or the buffer; fewer bytes than a whole frame is an error.
     if got < want { Err(PixelError::Size { format, width, height, want, got }) } else { Ok(()) }
@@ -56,6 +73,12 @@ fn check_len(format: PixelFormat, width: u32, height: u32, got: usize, want: usi
 
 fn check_even(format: PixelFormat, width: u32, height: u32) -> Result<(), PixelError> {
     if width % 2 == 1 { Err(PixelError::OddWidth { format, width, height }) } else { Ok(()) }
+}
+
+/// NV12 subsamples chroma 2×2: both sides must be even.
+fn check_even_nv12(width: u32, height: u32) -> Result<(), PixelError> {
+    check_even(PixelFormat::Nv12, width, height)?;
+    if height % 2 == 1 { Err(PixelError::OddHeight { width, height }) } else { Ok(()) }
 }
 
 /// Every `step`-th byte from the start: the Y samples of GREY (step 1) or YUYV (step 2).
@@ -67,16 +90,17 @@ fn gray_plane(
     bytes_per_px: usize,
     step: usize,
 ) -> Result<GrayImage, PixelError> {
-    let n = (width * height) as usize;
-    check_len(format, width, height, bytes.len(), n * bytes_per_px)?;
+    let (n, _) = frame_bytes(format, width, height, bytes.len(), bytes_per_px)?;
     let y: Vec<u8> = bytes.iter().step_by(step).take(n).copied().collect();
     Ok(GrayImage::from_raw(width, height, y).expect("length checked"))
 }
 
 fn nv12_luma(width: u32, height: u32, bytes: &[u8]) -> Result<GrayImage, PixelError> {
-    let n = (width * height) as usize;
-    check_even(PixelFormat::Nv12, width, height)?;
-    check_len(PixelFormat::Nv12, width, height, bytes.len(), n + n / 2)?;
+    check_even_nv12(width, height)?;
+    // The Y plane, then half as many bytes of interleaved chroma.
+    let (n, _) = frame_bytes(PixelFormat::Nv12, width, height, bytes.len(), 1)?;
+    let want = n.saturating_add(n / 2);
+    check_len(PixelFormat::Nv12, width, height, bytes.len(), want)?;
     Ok(GrayImage::from_raw(width, height, bytes[..n].to_vec()).expect("length checked"))
 }
 
@@ -90,9 +114,8 @@ fn ycbcr_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
 }
 
 fn yuyv_to_rgb(width: u32, height: u32, bytes: &[u8]) -> Result<RgbImage, PixelError> {
-    let n = (width * height) as usize;
     check_even(PixelFormat::Yuyv, width, height)?;
-    check_len(PixelFormat::Yuyv, width, height, bytes.len(), n * 2)?;
+    let (n, _) = frame_bytes(PixelFormat::Yuyv, width, height, bytes.len(), 2)?;
     let mut out = Vec::with_capacity(n * 3);
     // Each 4-byte group [Y0 U Y1 V] carries two pixels sharing one chroma pair.
     for g in bytes[..n * 2].chunks_exact(4) {
@@ -117,8 +140,7 @@ fn nv12_to_rgb(width: u32, height: u32, bytes: &[u8]) -> Result<RgbImage, PixelE
 }
 
 fn packed_rgb(format: PixelFormat, width: u32, height: u32, bytes: &[u8]) -> Result<RgbImage, PixelError> {
-    let n = (width * height) as usize;
-    check_len(format, width, height, bytes.len(), n * 3)?;
+    let (n, _) = frame_bytes(format, width, height, bytes.len(), 3)?;
     let mut px = bytes[..n * 3].to_vec();
     if format == PixelFormat::Bgr {
         px.chunks_exact_mut(3).for_each(|p| p.swap(0, 2));

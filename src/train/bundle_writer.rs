@@ -19,7 +19,7 @@ use crate::bundle::{
 };
 use crate::calibrate::calibrate;
 use crate::detector::anomaly_map::{self, FeatureMap};
-use crate::detector::memory_bank::{Divisor, FitOptions, Hybrid, MemoryBank};
+use crate::detector::memory_bank::{FitOptions, Hybrid, MemoryBank};
 use crate::detector::{Detector, Precision, Probe, Timings};
 use crate::preprocess;
 use crate::tiling;
@@ -219,7 +219,7 @@ fn write_memory_bank(dir: &Path, t: &Trained, opts: &TrainOptions, m: &Manifest)
         students.push(anomaly_map::score(&tiling::join(s, tiles, tw, th), m.map.score));
         knn.push(anomaly_map::score(&tiling::join(k, tiles, tw, th), m.map.score));
     }
-    let hybrid = Hybrid::new(bank, &students, &knn, 1.0, Divisor::Mean);
+    let hybrid = Hybrid::new(bank, &students, &knn, 1.0, opts.bank_divisor);
     Ok(MemoryBankSpec {
         file: BANK_FILE.into(),
         levels: fit.levels,

@@ -76,6 +76,8 @@ pub struct TrainOptions {
     /// the teacher levels (1-based) they come from.
     pub memory_bank: usize,
     pub memory_bank_levels: Vec<usize>,
+    /// What the students' and the bank's maps are each divided by before they are added.
+    pub bank_divisor: crate::detector::memory_bank::Divisor,
     /// Flipped or turned copies of the training images (students and memory bank).
     pub augment: Augment,
     pub resume: bool,
