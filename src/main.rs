@@ -169,9 +169,9 @@ enum Command {
         /// the val normals).
         #[arg(long, default_value_t = 1.0, requires = "knn_fuse")]
         knn_weight: f32,
-        /// With --knn-fuse: divide each map by its held-out normals' mean image score (as
-        /// bundles do), or by their spread (standard deviation).
-        #[arg(long, default_value = "mean", requires = "knn_fuse", value_parser = dskd::detector::memory_bank::Divisor::NAMES)]
+        /// With --knn-fuse: divide each map by the spread (standard deviation) of its held-out
+        /// normals' image scores, as bundles do, or by their mean.
+        #[arg(long, default_value = "spread", requires = "knn_fuse", value_parser = dskd::detector::memory_bank::Divisor::NAMES)]
         knn_divisor: String,
         /// With --knn: also bank flipped (or flipped and turned) copies of the train images.
         #[arg(long, value_enum, default_value_t = dskd::augment::Augment::None, requires = "knn")]

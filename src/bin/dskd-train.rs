@@ -128,9 +128,10 @@ struct Args {
     /// Teacher levels (1-based, finest first) the memory bank's features come from.
     #[arg(long, value_delimiter = ',', default_values_t = [2usize, 3])]
     memory_bank_levels: Vec<usize>,
-    /// The hybrid map: each map divided by its held-out normals' `mean` image score, or by
-    /// their `spread` (standard deviation), before the two are added.
-    #[arg(long, default_value = "mean", value_parser = Divisor::NAMES)]
+    /// The hybrid map: each map divided by the `spread` (standard deviation) of its held-out
+    /// normals' image scores before the two are added, so neither map's noise on normal
+    /// images outweighs the other's; or by their `mean` (before 2026-11-29).
+    #[arg(long, default_value = "spread", value_parser = Divisor::NAMES)]
     bank_divisor: String,
     /// Also train (and bank) flipped copies of each good image (`flip`: 4 copies), or every
     /// flip and quarter turn (`rotate`: 8). For surfaces with no up or left (tiles, sheet,
