@@ -684,19 +684,28 @@ fn test_pki(
 
 /// A TLS front for the broker (rustls, ring): TLS on `listen`, plain MQTT on to `target`. The
 /// broker under test (embedded or mosquitto) then sees the daemon only through real TLS.
+/// With `client_ca`, the front asks for a client certificate signed by it (mutual TLS).
 fn tls_front(
     listen: u16,
     target: u16,
     chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     key: rustls::pki_types::PrivateKeyDer<'static>,
+    client_ca: Option<rustls::pki_types::CertificateDer<'static>>,
 ) {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().unwrap();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca).unwrap();
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider).build().unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let server = builder.with_single_cert(chain, key).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
     let listener = TcpListener::bind(("127.0.0.1", listen)).unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -726,7 +735,7 @@ fn tls_delivers_with_the_right_ca_and_refuses_a_wrong_one() {
     let (ca_pem, chain, key) = test_pki(dir.path(), "line");
     let (wrong_pem, _, _) = test_pki(dir.path(), "other");
     let tls_port = free_port();
-    tls_front(tls_port, port, chain, key);
+    tls_front(tls_port, port, chain, key, None);
     let sub = subscribe(port);
     let run = |ca: &Path| {
         let mqtt = format!("host = \"127.0.0.1\"\ntls = true\nca_file = \"{}\"\n", ca.display());
@@ -747,6 +756,51 @@ fn tls_delivers_with_the_right_ca_and_refuses_a_wrong_one() {
     let events: Vec<_> = got.iter().filter(|(t, _)| t == "dskd/t/events").collect();
     assert!(!events.is_empty(), "no event over TLS: {got:?}");
     schema_check_event(&events[0].1);
+}
+
+/// Mutual TLS: a broker that demands a client certificate gets the one in
+/// `client_cert_file`/`client_key_file` (events arrive, which they cannot without it), and the
+/// private key's contents never reach the log, even at debug level (the TLS library's own
+/// logging included).
+#[test]
+fn mutual_tls_delivers_and_the_client_key_never_reaches_the_log() {
+    let port = start_broker();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_pem, chain, key) = test_pki(dir.path(), "line");
+    let client_ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let client_ca = rcgen::CertifiedIssuer::self_signed(params, client_ca_key).unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client_cert =
+        rcgen::CertificateParams::new(vec!["dskd-t".to_string()]).unwrap().signed_by(&client_key, &client_ca).unwrap();
+    let (cert_file, key_file) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+    std::fs::write(&cert_file, client_cert.pem()).unwrap();
+    let key_pem = client_key.serialize_pem();
+    std::fs::write(&key_file, &key_pem).unwrap();
+    let tls_port = free_port();
+    tls_front(tls_port, port, chain, key, Some(client_ca.der().clone()));
+    let sub = subscribe(port);
+    let mqtt = format!(
+        "host = \"127.0.0.1\"\ntls = true\nca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+        ca_pem.display(),
+        cert_file.display(),
+        key_file.display()
+    );
+    let cfg = format!("{}{SYNTHETIC_DEFECTS}", base_config_mqtt(dir.path(), tls_port, &mqtt));
+    let d = spawn_env(dir.path(), cfg, &[("RUST_LOG", "debug")]);
+    let got = sub.collect(Duration::from_secs(60), |g| g.iter().any(|(t, _)| t == "dskd/t/events"));
+    kill(d);
+    assert!(got.iter().any(|(t, _)| t == "dskd/t/events"), "no event over mutual TLS: {got:?}");
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    assert!(log.contains("DEBUG"), "the log is at debug level");
+    // Every line of the key's base64 body, and the whole DER in hex, are absent.
+    for line in key_pem.lines().filter(|l| !l.starts_with("-----") && l.len() > 16) {
+        assert!(!log.contains(line), "a line of the client key is in the log");
+    }
+    let der_hex: String = client_key.serialize_der().iter().map(|b| format!("{b:02x}")).collect();
+    let middle = der_hex.len() / 2;
+    assert!(!log.contains(&der_hex[middle..middle + 32]), "the client key's bytes are in the log");
 }
 
 /// A daemon on synthetic frames with a defect in every frame and the image store on; the queue
