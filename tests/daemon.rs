@@ -1172,6 +1172,14 @@ fn the_review_queue_keeps_close_calls_and_defects_and_exports_them_for_labelling
     );
     let d = spawn(dir.path(), format!("{}{extra}", base_config(dir.path(), port)));
     sub.collect(Duration::from_secs(60), |m| m.iter().any(|(t, v)| t == "dskd/t/status" && v["state"] == "online"));
+    // `online` comes just before the daemon subscribes to its commands: ask until it answers,
+    // so no trigger below is sent into the gap.
+    let answered = (0..30).any(|_| {
+        sub.client.publish("dskd/t/cmd/review", QoS::AtLeastOnce, false, br#"{"request_id":"ping"}"#.to_vec()).unwrap();
+        let got = sub.collect(Duration::from_secs(1), |g| on("cmd/reply", g).iter().any(|r| r["request_id"] == "ping"));
+        on("cmd/reply", &got).iter().any(|r| r["request_id"] == "ping")
+    });
+    assert!(answered, "the daemon never answered a command");
     let mut got = Vec::new();
     for i in 0..12 {
         let cmd = format!(r#"{{"request_id":"r{i}"}}"#);
