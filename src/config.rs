@@ -401,6 +401,26 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// The `DSKD_SECTION__KEY` (and `DSKD_CAMERA`) variables of this process.
+fn environment() -> config::Environment {
+    environment_from(std::env::vars())
+}
+
+/// Config from `vars`. The prefix is cut at one `_` (left to itself, the crate cuts it at the
+/// key separator and reads only `DSKD__SECTION__KEY`: the documented form was silently
+/// ignored). Only variables naming a key are taken: other `DSKD_*` variables (the tests' and
+/// the trainer's, e.g. `DSKD_TEACHERS`) are not configuration and must not fail the start.
+fn environment_from(vars: impl IntoIterator<Item = (String, String)>) -> config::Environment {
+    let keys = vars.into_iter().filter(|(k, _)| {
+        k.strip_prefix("DSKD_").is_some_and(|rest| rest.contains("__") || rest.eq_ignore_ascii_case("camera"))
+    });
+    config::Environment::with_prefix("DSKD")
+        .prefix_separator("_")
+        .separator("__")
+        .try_parsing(true)
+        .source(Some(keys.collect()))
+}
+
 impl Config {
     /// Layers defaults, the file, `DSKD_*` environment and `overrides` (`section.key=value`).
     pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Self, ConfigError> {
@@ -414,7 +434,7 @@ impl Config {
             }
             builder = builder.add_source(config::File::from(f).format(config::FileFormat::Toml));
         }
-        builder = builder.add_source(config::Environment::with_prefix("DSKD").separator("__").try_parsing(true));
+        builder = builder.add_source(environment());
         for (key, value) in overrides {
             builder = builder.set_override(key.as_str(), value.as_str()).map_err(|e| invalid(e.to_string()))?;
         }
@@ -483,6 +503,25 @@ mod tests {
         for f in ["config/dskd.toml", "config/demo.toml"] {
             Config::load(Some(Path::new(f)), &[]).unwrap_or_else(|e| panic!("{f}: {e}"));
         }
+    }
+
+    #[test]
+    fn environment_variables_set_keys_and_other_dskd_variables_are_left_alone() {
+        let vars = [
+            ("DSKD_OUTBOX__MAX_EVENTS", "5"),
+            ("DSKD_MQTT__HOST", "broker.local"),
+            ("DSKD_CAMERA", "line3"),
+            ("DSKD_TEACHERS", "/opt/teachers"),
+            ("DSKD_TEST_BROKER", "1883"),
+        ];
+        let env = environment_from(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let cfg: Config = config::Config::builder()
+            .add_source(config::Config::try_from(&Config::default()).unwrap())
+            .add_source(env)
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .unwrap();
+        assert_eq!((cfg.outbox.max_events, cfg.mqtt.host.as_str(), cfg.camera.as_str()), (5, "broker.local", "line3"));
     }
 
     #[test]

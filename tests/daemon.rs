@@ -443,6 +443,51 @@ fn sigkill_at_random_moments_loses_no_event_and_never_corrupts_the_outbox() {
     );
 }
 
+/// The outbox at its cap (`outbox.max_events`, 5 here, set through the environment as
+/// `DSKD_OUTBOX__MAX_EVENTS`) while the broker is down: the oldest events are dropped and
+/// counted (`dskd_outbox_dropped`), the retained status says how many once the broker is back,
+/// and no dropped event goes out.
+#[test]
+fn a_full_outbox_drops_the_oldest_counts_them_and_says_so_in_status() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("outbox.sqlite");
+    let cfg = format!(
+        "{}[detector]\nbundle = \"models/demo\"\n[source]\nkind = \"synthetic\"\nrate_hz = 10.0\ndefect_every = 1\n",
+        base_config(dir.path(), port)
+    );
+    let d = spawn_env(dir.path(), cfg, &[("DSKD_OUTBOX__MAX_EVENTS", "5")]);
+    let log = dir.path().join("daemon.log");
+    let end = Instant::now() + Duration::from_secs(60);
+    let dropped = |port| {
+        let m = http_get(port, "/metrics");
+        m.lines().find_map(|l| l.strip_prefix("dskd_outbox_dropped ")).and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    while Instant::now() < end
+        && !(std::fs::read_to_string(&log).is_ok_and(|t| t.contains("addr=127.0.0.1:"))
+            && dropped(http_port(&log)).is_some_and(|n| n >= 3))
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let kept = outbox_ids(&outbox);
+    assert_eq!(kept.len(), 5, "the outbox holds max_events: {kept:?}");
+    let real = start_broker();
+    let sub = subscribe(real);
+    proxy(port, real);
+    let got = sub.collect(Duration::from_secs(30), |g| {
+        events(g).len() >= 5 && g.iter().any(|(t, v)| t == "dskd/t/status" && v["state"] == "online")
+    });
+    kill(d);
+    // Events are made all along, so the five kept may have moved on by the time the broker is
+    // back; none older than the kept ones (the dropped) ever goes out.
+    let sent: Vec<&str> = events(&got).iter().filter_map(|e| e["id"].as_str()).collect();
+    assert!(sent.len() >= 5, "{got:?}");
+    assert!(sent.iter().all(|id| *id >= kept[0].as_str()), "a dropped event was sent: {sent:?} against {kept:?}");
+    let status = on("status", &got).into_iter().find(|v| v["state"] == "online").expect("status online");
+    validate("status", status);
+    assert!(status["outbox_dropped"].as_u64().unwrap() >= 3, "{status}");
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

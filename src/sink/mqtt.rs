@@ -90,12 +90,13 @@ const REPLAY_WINDOW: usize = 256;
 const OUTBOX_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// The retained status payload; `outbox_failures` says whether events are being made durable.
-fn status(s: &Settings, state: &str, outbox_failures: &FailureLog) -> Vec<u8> {
+fn status(s: &Settings, state: &str, outbox_failures: &FailureLog, outbox_dropped: u64) -> Vec<u8> {
     let mut v = s.status.clone();
     v["state"] = json!(state);
     v["timestamp"] = json!(crate::sink::now_rfc3339());
     v["outbox_writable"] = json!(!outbox_failures.failing());
     v["outbox_write_failures"] = json!(outbox_failures.total());
+    v["outbox_dropped"] = json!(outbox_dropped);
     v.to_string().into_bytes()
 }
 
@@ -220,7 +221,7 @@ impl Sink {
     }
 
     fn publish_status(&mut self, state: &str) {
-        let payload = status(&self.s, state, &self.outbox_failures);
+        let payload = status(&self.s, state, &self.outbox_failures, self.outbox.dropped());
         self.publish(format!("{}/status", self.s.prefix), QoS::AtLeastOnce, true, payload, None);
     }
 
@@ -383,7 +384,7 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
         opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
     }
     let outbox_failures = FailureLog::new(OUTBOX_LOG_EVERY);
-    let will = status(&s, "offline", &outbox_failures);
+    let will = status(&s, "offline", &outbox_failures, outbox.dropped());
     opts.set_last_will(LastWill::new(format!("{}/status", s.prefix), will, QoS::AtLeastOnce, true));
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let mut sink = Sink {
