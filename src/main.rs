@@ -171,8 +171,8 @@ enum Command {
         knn_weight: f32,
         /// With --knn-fuse: divide each map by the spread (standard deviation) of its held-out
         /// normals' image scores, as bundles do, or by their mean.
-        #[arg(long, default_value = "spread", requires = "knn_fuse", value_parser = dskd::detector::memory_bank::Divisor::NAMES)]
-        knn_divisor: String,
+        #[arg(long, value_enum, default_value_t = dskd::detector::memory_bank::Divisor::Spread, requires = "knn_fuse")]
+        knn_divisor: dskd::detector::memory_bank::Divisor,
         /// With --knn: also bank flipped (or flipped and turned) copies of the train images.
         #[arg(long, value_enum, default_value_t = dskd::augment::Augment::None, requires = "knn")]
         knn_augment: dskd::augment::Augment,
@@ -470,7 +470,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 progress: !quiet,
                 fuse: knn_fuse,
                 knn_weight,
-                divisor: dskd::detector::memory_bank::Divisor::parse(&knn_divisor).expect("clap checked the name"),
+                divisor: knn_divisor,
                 augment: knn_augment,
             });
             let opts = dskd::eval::EvalOptions { bundle, dataset, precision, progress: !quiet, knn };

@@ -131,8 +131,8 @@ struct Args {
     /// The hybrid map: each map divided by the `spread` (standard deviation) of its held-out
     /// normals' image scores before the two are added, so neither map's noise on normal
     /// images outweighs the other's; or by their `mean` (before 2026-11-29).
-    #[arg(long, default_value = "spread", value_parser = Divisor::NAMES)]
-    bank_divisor: String,
+    #[arg(long, value_enum, default_value_t = Divisor::Spread)]
+    bank_divisor: Divisor,
     /// Also train (and bank) flipped copies of each good image (`flip`: 4 copies), or every
     /// flip and quarter turn (`rotate`: 8). For surfaces with no up or left (tiles, sheet,
     /// fabric); leave off for objects with an orientation. An epoch passes every copy.
@@ -292,7 +292,7 @@ fn run(args: Args) -> Result<()> {
         map: MapSettings { fusion, sigma: args.sigma, score, levels: args.map_levels },
         memory_bank: args.memory_bank,
         memory_bank_levels: args.memory_bank_levels,
-        bank_divisor: Divisor::parse(&args.bank_divisor).expect("clap checked the name"),
+        bank_divisor: args.bank_divisor,
         augment: args.augment,
         resume: args.resume,
         time_budget_s: args.time_budget.map(|m| m * 60.0),

@@ -352,7 +352,7 @@ pub struct Hybrid {
 
 /// What each map of the hybrid is divided by before the two are added, from its image scores
 /// on held-out normals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Divisor {
     /// The mean: a typical normal image's two maps peak alike.
     Mean,
@@ -364,16 +364,6 @@ pub enum Divisor {
 }
 
 impl Divisor {
-    pub const NAMES: [&'static str; 2] = ["mean", "spread"];
-
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "mean" => Some(Self::Mean),
-            "spread" => Some(Self::Spread),
-            _ => None,
-        }
-    }
-
     fn of(self, v: &[f32]) -> f32 {
         let n = v.len().max(1) as f32;
         let mean = v.iter().sum::<f32>() / n;
