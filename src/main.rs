@@ -202,7 +202,7 @@ enum ReviewAction {
     List {
         #[command(flatten)]
         queue: ReviewQueue,
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = dskd::review::LIST_LIMIT)]
         limit: usize,
     },
     /// Write the items as a folder a person labels (`unlabelled/` to move into `good/` or

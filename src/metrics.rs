@@ -175,14 +175,13 @@ async fn review_page(dir: Option<PathBuf>, query: &str) -> (&'static str, &'stat
     };
     let limit = query.split('&').find_map(|kv| kv.strip_prefix("limit=")).map(str::parse::<usize>);
     let limit = match limit {
-        None => 100,
+        None => crate::review::LIST_LIMIT,
         Some(Ok(n)) => n,
         Some(Err(_)) => return ("400 Bad Request", JSON, r#"{"error":"limit must be a whole number"}"#.into()),
     };
-    match tokio::task::spawn_blocking(move || crate::review::list(&dir, limit)).await {
-        Ok(Ok(items)) => ("200 OK", JSON, serde_json::json!({ "items": items }).to_string()),
-        Ok(Err(e)) => ("500 Internal Server Error", JSON, serde_json::json!({ "error": e.to_string() }).to_string()),
-        Err(e) => ("500 Internal Server Error", JSON, serde_json::json!({ "error": e.to_string() }).to_string()),
+    match crate::review::list_blocking(dir, limit).await {
+        Ok(items) => ("200 OK", JSON, serde_json::json!({ "items": items }).to_string()),
+        Err(e) => ("500 Internal Server Error", JSON, serde_json::json!({ "error": e }).to_string()),
     }
 }
 

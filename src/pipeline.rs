@@ -184,14 +184,13 @@ async fn review_reply(
     let Some(dir) = given(&cfg.review.dir).map(PathBuf::from) else {
         return (Some("the review queue is off (review.dir)".into()), None);
     };
-    match tokio::task::spawn_blocking(move || review::list(&dir, limit)).await {
-        Ok(Ok(items)) => {
+    match review::list_blocking(dir, limit).await {
+        Ok(items) => {
             let mut data = serde_json::Map::new();
             data.insert("items".into(), serde_json::to_value(items).expect("review items serialise"));
             (None, Some(data))
         }
-        Ok(Err(e)) => (Some(e.to_string()), None),
-        Err(e) => (Some(e.to_string()), None),
+        Err(e) => (Some(e), None),
     }
 }
 

@@ -243,6 +243,17 @@ fn folder_bytes(dir: &Path) -> Result<u64, ReviewError> {
     Ok(n)
 }
 
+/// Items listed when no limit is asked for (HTTP `/review`, `cmd/review`, `dskd review list`).
+pub const LIST_LIMIT: usize = 100;
+
+/// [`list`] on a blocking thread, for the daemon's async handlers; the error as text.
+pub async fn list_blocking(dir: PathBuf, limit: usize) -> Result<Vec<Item>, String> {
+    match tokio::task::spawn_blocking(move || list(&dir, limit)).await {
+        Ok(listed) => listed.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The items in `dir`, newest first (at most `limit`). A folder whose `item.json` does not
 /// parse is skipped with a warning: one bad item must not hide the rest.
 pub fn list(dir: &Path, limit: usize) -> Result<Vec<Item>, ReviewError> {

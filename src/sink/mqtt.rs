@@ -290,9 +290,6 @@ impl Sink {
     }
 }
 
-/// Items a `cmd/review` lists unless it gives `limit`.
-pub const REVIEW_LIMIT: usize = 100;
-
 /// Largest command payload read; a bigger one is refused unread (commands are a few dozen
 /// bytes of JSON).
 pub const COMMAND_MAX_BYTES: usize = 64 << 10;
@@ -351,7 +348,7 @@ pub fn parse_command(name: &str, payload: &[u8]) -> Result<Command, Rejected> {
         "trigger" => Ok(Command::Trigger { request_id: id }),
         "reload" => Ok(Command::Reload { request_id: id }),
         "review" => match v.get("limit") {
-            None => Ok(Command::Review { request_id: id, limit: REVIEW_LIMIT }),
+            None => Ok(Command::Review { request_id: id, limit: crate::review::LIST_LIMIT }),
             Some(l) => match l.as_u64() {
                 Some(n) if n >= 1 => Ok(Command::Review { request_id: id, limit: n as usize }),
                 _ => Err(reject(RejectReason::BadValue, "`limit` must be a whole number from 1".into(), request_id)),

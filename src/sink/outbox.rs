@@ -79,16 +79,6 @@ impl Outbox {
         Ok(())
     }
 
-    /// Unsent events, oldest first.
-    pub fn unsent(&self) -> Result<Vec<Pending>, OutboxError> {
-        let mut stmt =
-            self.conn.prepare("SELECT id, topic, payload FROM events ORDER BY seq").map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| Ok(Pending { id: r.get(0)?, topic: r.get(1)?, payload: r.get(2)? }))
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
-    }
-
     /// Up to `limit` unsent events with `after < seq <= until`, oldest first, with their seq:
     /// a replay in pages, so a long outage's backlog never overfills the client's queue.
     pub fn unsent_page(&self, after: i64, until: i64, limit: usize) -> Result<Vec<(i64, Pending)>, OutboxError> {
@@ -144,7 +134,8 @@ mod tests {
             o.mark_sent("id3").unwrap();
         }
         let o = Outbox::open(&path, 3).unwrap();
-        let ids: Vec<String> = o.unsent().unwrap().into_iter().map(|p| p.id).collect();
+        let page = o.unsent_page(0, o.last_seq().unwrap(), 10).unwrap();
+        let ids: Vec<String> = page.into_iter().map(|(_, p)| p.id).collect();
         assert_eq!(ids, ["id2", "id4"]);
     }
 

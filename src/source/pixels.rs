@@ -51,19 +51,19 @@ pub fn to_image(
     Ok(if gray && img.color() != image::ColorType::L8 { DynamicImage::ImageLuma8(img.to_luma8()) } else { img })
 }
 
-/// Pixels in a `width`×`height` frame and the bytes `bytes_per_px` of each take, or a size
-/// error when that overflows (a driver or stream reporting absurd dimensions).
-fn frame_bytes(
+/// The pixels in a `width`×`height` frame, once `got` bytes are checked to hold `bytes_per_px`
+/// of each; a size error also when that product overflows (absurd reported dimensions).
+fn frame_pixels(
     format: PixelFormat,
     width: u32,
     height: u32,
     got: usize,
     bytes_per_px: usize,
-) -> Result<(usize, usize), PixelError> {
+) -> Result<usize, PixelError> {
     let n = width as usize * height as usize;
     let want = n.checked_mul(bytes_per_px).ok_or(PixelError::Size { format, width, height, want: usize::MAX, got })?;
     check_len(format, width, height, got, want)?;
-    Ok((n, want))
+    Ok(n)
 }
 
 fn check_len(format: PixelFormat, width: u32, height: u32, got: usize, want: usize) -> Result<(), PixelError> {
@@ -90,7 +90,7 @@ fn gray_plane(
     bytes_per_px: usize,
     step: usize,
 ) -> Result<GrayImage, PixelError> {
-    let (n, _) = frame_bytes(format, width, height, bytes.len(), bytes_per_px)?;
+    let n = frame_pixels(format, width, height, bytes.len(), bytes_per_px)?;
     let y: Vec<u8> = bytes.iter().step_by(step).take(n).copied().collect();
     Ok(GrayImage::from_raw(width, height, y).expect("length checked"))
 }
@@ -98,7 +98,7 @@ fn gray_plane(
 fn nv12_luma(width: u32, height: u32, bytes: &[u8]) -> Result<GrayImage, PixelError> {
     check_even_nv12(width, height)?;
     // The Y plane, then half as many bytes of interleaved chroma.
-    let (n, _) = frame_bytes(PixelFormat::Nv12, width, height, bytes.len(), 1)?;
+    let n = frame_pixels(PixelFormat::Nv12, width, height, bytes.len(), 1)?;
     let want = n.saturating_add(n / 2);
     check_len(PixelFormat::Nv12, width, height, bytes.len(), want)?;
     Ok(GrayImage::from_raw(width, height, bytes[..n].to_vec()).expect("length checked"))
@@ -115,7 +115,7 @@ fn ycbcr_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
 
 fn yuyv_to_rgb(width: u32, height: u32, bytes: &[u8]) -> Result<RgbImage, PixelError> {
     check_even(PixelFormat::Yuyv, width, height)?;
-    let (n, _) = frame_bytes(PixelFormat::Yuyv, width, height, bytes.len(), 2)?;
+    let n = frame_pixels(PixelFormat::Yuyv, width, height, bytes.len(), 2)?;
     let mut out = Vec::with_capacity(n * 3);
     // Each 4-byte group [Y0 U Y1 V] carries two pixels sharing one chroma pair.
     for g in bytes[..n * 2].chunks_exact(4) {
@@ -140,7 +140,7 @@ fn nv12_to_rgb(width: u32, height: u32, bytes: &[u8]) -> Result<RgbImage, PixelE
 }
 
 fn packed_rgb(format: PixelFormat, width: u32, height: u32, bytes: &[u8]) -> Result<RgbImage, PixelError> {
-    let (n, _) = frame_bytes(format, width, height, bytes.len(), 3)?;
+    let n = frame_pixels(format, width, height, bytes.len(), 3)?;
     let mut px = bytes[..n * 3].to_vec();
     if format == PixelFormat::Bgr {
         px.chunks_exact_mut(3).for_each(|p| p.swap(0, 2));
