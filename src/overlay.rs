@@ -12,6 +12,13 @@ use image::{DynamicImage, Rgb, RgbImage, imageops::FilterType};
 use crate::detector::anomaly_map::Map;
 use crate::detector::verdict::Verdict;
 
+/// An overlay as JPEG bytes (the image store's files, the review queue's `overlay.jpg`).
+pub fn jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>, image::ImageError> {
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality.clamp(1, 100)).encode_image(img)?;
+    Ok(bytes)
+}
+
 /// A jet-like colour ramp for `t` in [0, 1].
 fn ramp(t: f32) -> [f32; 3] {
     let c = |x: f32| (1.5 - (4.0 * t - x).abs()).clamp(0.0, 1.0);

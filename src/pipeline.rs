@@ -123,6 +123,9 @@ async fn store_overlay(
     }
 }
 
+/// JPEG quality of the overlays the review queue renders itself.
+const OVERLAY_QUALITY: u8 = 85;
+
 /// The review queue and the rule that fills it, when `review.dir` is set.
 type Review = Option<(Arc<std::sync::Mutex<ReviewStore>>, Rule)>;
 
@@ -135,9 +138,17 @@ fn open_review(cfg: &Config) -> Result<Review> {
     Ok(Some((Arc::new(std::sync::Mutex::new(store)), Rule { band: c.band, defects: c.defects })))
 }
 
-/// Keeps the frame in the review queue when the rule says so. A failed write costs the item,
-/// counted and logged, never the event.
-async fn keep_for_review(review: &Review, r: &Report, frame: &Frame, insp: &Inspection, metrics: &Metrics) {
+/// Keeps the frame in the review queue when the rule says so, with the image store's overlay
+/// when it made one (rendered here otherwise). A failed write costs the item, counted and
+/// logged, never the event.
+async fn keep_for_review(
+    review: &Review,
+    r: &Report,
+    frame: &Frame,
+    insp: &Inspection,
+    stored: Option<&Saved>,
+    metrics: &Metrics,
+) {
     let Some((store, rule)) = review else { return };
     let Some(reason) = rule.reason(r.score, r.threshold, r.is_defect()) else { return };
     let item = review::Item {
@@ -155,9 +166,14 @@ async fn keep_for_review(review: &Review, r: &Report, frame: &Frame, insp: &Insp
         map_height: insp.map.height,
     };
     let (store, img, insp) = (store.clone(), frame.image.clone(), insp.clone());
+    let stored = stored.map(|s| s.jpeg.clone());
     let saved = tokio::task::spawn_blocking(move || {
-        let overlay = crate::overlay::render(&img, &insp.map, &insp.verdict);
-        store.lock().expect("review store lock").save(&item, &img, &insp.map, &overlay)
+        let jpeg = match stored {
+            Some(jpeg) => jpeg,
+            None => crate::overlay::jpeg(&crate::overlay::render(&img, &insp.map, &insp.verdict), OVERLAY_QUALITY)
+                .map_err(|e| review::ReviewError::Encode { what: "the overlay as JPEG", message: e.to_string() })?,
+        };
+        store.lock().expect("review store lock").save(&item, &img, &insp.map, &jpeg)
     })
     .await;
     match saved {
@@ -520,7 +536,7 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
         let mut r = report(&cfg, &frame, &insp, &serving.model, request_id);
         let saved = if r.is_defect() { store_overlay(&images, &r.id, &frame, &insp, &metrics).await } else { None };
         r.image = saved.as_ref().map(|s| s.path.display().to_string());
-        keep_for_review(&review, &r, &frame, &insp, &metrics).await;
+        keep_for_review(&review, &r, &frame, &insp, saved.as_ref(), &metrics).await;
         window.frames += 1;
         window.latencies.push(r.latency_ms.frame_to_verdict);
         if cfg.stdout.enabled {

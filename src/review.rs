@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use image::{DynamicImage, RgbImage};
+use image::DynamicImage;
 use serde::{Deserialize, Serialize};
 
 use crate::detector::anomaly_map::Map;
@@ -159,19 +159,20 @@ impl ReviewStore {
     }
 
     /// Writes one item whole (hidden folder, then renamed into place), then prunes.
+    /// `overlay_jpeg` is the overlay already encoded (the image store's, when it made one).
     pub fn save(
         &mut self,
         item: &Item,
         frame: &DynamicImage,
         map: &Map,
-        overlay: &RgbImage,
+        overlay_jpeg: &[u8],
     ) -> Result<Saved, ReviewError> {
         if item.id.is_empty() || item.id.contains(['/', '\\', '.']) {
             let message = "an event id names the item's folder: no '/', '\\' or '.'".into();
             return Err(ReviewError::Item { path: self.dir.join(&item.id), message });
         }
         let (tmp, path) = (self.dir.join(format!(".{}.tmp", item.id)), self.dir.join(&item.id));
-        let written = write_item(&tmp, item, frame, map, overlay).and_then(|bytes| {
+        let written = write_item(&tmp, item, frame, map, overlay_jpeg).and_then(|bytes| {
             std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
             Ok(bytes)
         });
@@ -205,27 +206,17 @@ impl ReviewStore {
     }
 }
 
-fn write_item(
-    dir: &Path,
-    item: &Item,
-    frame: &DynamicImage,
-    map: &Map,
-    overlay: &RgbImage,
-) -> Result<u64, ReviewError> {
+fn write_item(dir: &Path, item: &Item, frame: &DynamicImage, map: &Map, jpeg: &[u8]) -> Result<u64, ReviewError> {
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     let mut png = Vec::new();
     frame
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .map_err(|e| ReviewError::Encode { what: "the frame as PNG", message: e.to_string() })?;
-    let mut jpeg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
-        .encode_image(overlay)
-        .map_err(|e| ReviewError::Encode { what: "the overlay as JPEG", message: e.to_string() })?;
     let raw: Vec<u8> = map.data.iter().flat_map(|v| v.to_le_bytes()).collect();
     let json = serde_json::to_vec_pretty(item).expect("review items serialise");
     let mut bytes = 0;
     // item.json last: a folder without it is not an item.
-    for (name, data) in [(FRAME, &png), (MAP, &raw), (OVERLAY, &jpeg), (ITEM, &json)] {
+    for (name, data) in [(FRAME, png.as_slice()), (MAP, &raw), (OVERLAY, jpeg), (ITEM, &json)] {
         let path = dir.join(name);
         std::fs::File::create(&path)
             .and_then(|mut f| f.write_all(data).and_then(|()| f.sync_data()))
@@ -383,11 +374,11 @@ mod tests {
         }
     }
 
-    fn parts() -> (DynamicImage, Map, RgbImage) {
+    fn parts() -> (DynamicImage, Map, Vec<u8>) {
         let frame =
-            DynamicImage::ImageRgb8(RgbImage::from_fn(8, 4, |x, y| image::Rgb([x as u8 * 30, y as u8 * 60, 7])));
+            DynamicImage::ImageRgb8(image::RgbImage::from_fn(8, 4, |x, y| image::Rgb([x as u8 * 30, y as u8 * 60, 7])));
         let map = Map { data: (0..8).map(|v| v as f32 * 0.25).collect(), height: 2, width: 4 };
-        let overlay = frame.to_rgb8();
+        let overlay = crate::overlay::jpeg(&frame.to_rgb8(), 85).unwrap();
         (frame, map, overlay)
     }
 

@@ -89,10 +89,7 @@ impl ImageStore {
     /// Writes `img` as `<id>.jpg` (whole or not at all: temporary file, then rename) and
     /// deletes the oldest images beyond the disk budget.
     pub fn save(&mut self, id: &str, img: &RgbImage) -> Result<Saved, ImageStoreError> {
-        let mut jpeg = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, self.quality)
-            .encode_image(img)
-            .map_err(|e| ImageStoreError::Encode(e.to_string()))?;
+        let jpeg = crate::overlay::jpeg(img, self.quality).map_err(|e| ImageStoreError::Encode(e.to_string()))?;
         let path = self.dir.join(format!("{id}.jpg"));
         let tmp = self.dir.join(format!(".{id}.jpg.tmp"));
         let written = std::fs::File::create(&tmp)
