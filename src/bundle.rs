@@ -256,11 +256,8 @@ pub fn parse_manifest(path: PathBuf, text: &str) -> Result<Manifest, BundleError
         return Err(BundleError::Format { path, found: manifest.bundle.format });
     }
     manifest.input.validate().map_err(|e| BundleError::Manifest { path: path.clone(), message: e.to_string() })?;
-    let count = manifest.teacher.channels.len();
-    if manifest.map.levels.iter().any(|&l| l == 0 || l > count) {
-        let message = format!("[map] levels {:?}: the teacher has levels 1 to {count}", manifest.map.levels);
-        return Err(BundleError::Manifest { path, message });
-    }
+    let levels = manifest.map.check_levels(manifest.teacher.channels.len());
+    levels.map_err(|e| BundleError::Manifest { path, message: format!("[map] levels {e}") })?;
     Ok(manifest)
 }
 

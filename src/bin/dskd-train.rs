@@ -259,9 +259,6 @@ fn run(args: Args) -> Result<()> {
         _ => Fusion::Sum,
     };
     let score = if args.score_top_k == 0 { ScoreMode::Max } else { ScoreMode::TopKMean { k: args.score_top_k } };
-    if args.map_levels.iter().any(|&l| l == 0 || l > 3) {
-        bail!("--map-levels {:?}: the teacher's levels are 1, 2 and 3", args.map_levels);
-    }
     let checkpoints = args.checkpoints.unwrap_or_else(|| out.with_extension("checkpoints"));
     let opts = trainer::TrainOptions {
         data,
@@ -309,6 +306,7 @@ fn run(args: Args) -> Result<()> {
         device_name: args.device,
         progress: !args.quiet,
     };
+    opts.map.check_levels(arch.tap_channels().len()).map_err(|e| anyhow::anyhow!("--map-levels {e}"))?;
     let trained = trainer::train(&opts)?;
     if opts.no_bundle {
         println!(

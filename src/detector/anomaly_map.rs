@@ -72,6 +72,14 @@ impl Default for MapSettings {
 }
 
 impl MapSettings {
+    /// Checks the chosen levels against a teacher with `count` levels.
+    pub fn check_levels(&self, count: usize) -> Result<(), String> {
+        if self.levels.iter().any(|&l| l == 0 || l > count) {
+            return Err(format!("{:?}: the teacher has levels 1 to {count}", self.levels));
+        }
+        Ok(())
+    }
+
     /// Whether level `i` (0-based) enters the map.
     pub fn reads_level(&self, i: usize) -> bool {
         self.levels.is_empty() || self.levels.contains(&(i + 1))
