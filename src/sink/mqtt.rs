@@ -231,10 +231,12 @@ impl Sink {
         self.inflight.clear();
         self.outstanding.clear();
         tracing::info!(host = %self.s.host, port = self.s.port, "mqtt connected");
-        self.publish_status("online");
+        // Subscribe first: a broker handles one connection's packets in order, so a client that
+        // sees `online` can send a command at once and it is not lost.
         if let Err(e) = self.client.try_subscribe(format!("{}/cmd/+", self.s.prefix), QoS::AtLeastOnce) {
             tracing::warn!(error = %e, "mqtt subscribe not queued");
         }
+        self.publish_status("online");
         match (self.outbox.last_seq(), self.outbox.len()) {
             (Ok(until), Ok(pending)) => {
                 if pending > 0 {

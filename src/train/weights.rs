@@ -45,7 +45,9 @@ pub fn shipped_teacher_file(arch: Arch) -> Option<&'static str> {
         Arch::MobileNetV2 | Arch::MobileNetV2Expanded | Arch::MobileNetV2S32 => {
             Some("mobilenet_v2/mobilenet_v2-imagenet-features.safetensors")
         }
-        Arch::EfficientNetLite0 => Some("efficientnet_lite0/efficientnet_lite0-imagenet-features.safetensors"),
+        Arch::EfficientNetLite0 | Arch::EfficientNetLite0S32 => {
+            Some("efficientnet_lite0/efficientnet_lite0-imagenet-features.safetensors")
+        }
         Arch::EfficientNetLite2 | Arch::ResNet18 | Arch::ResNet34 => None,
     }
 }

@@ -17,17 +17,20 @@ pub enum Arch {
     /// MobileNetV2 tapped at strides 8 / 16 / 32 (see [`mobilenet_v2::S32`]).
     MobileNetV2S32,
     EfficientNetLite0,
+    /// EfficientNet-Lite0 tapped at strides 8 / 16 / 32 (see [`efficientnet_lite::LITE0_S32`]).
+    EfficientNetLite0S32,
     EfficientNetLite2,
     ResNet18,
     ResNet34,
 }
 
 impl Arch {
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "mobilenet_v2",
         "mobilenet_v2_expanded",
         "mobilenet_v2_s32",
         "efficientnet_lite0",
+        "efficientnet_lite0_s32",
         "efficientnet_lite2",
         "resnet18",
         "resnet34",
@@ -39,6 +42,7 @@ impl Arch {
             "mobilenet_v2_expanded" => Some(Arch::MobileNetV2Expanded),
             "mobilenet_v2_s32" => Some(Arch::MobileNetV2S32),
             "efficientnet_lite0" => Some(Arch::EfficientNetLite0),
+            "efficientnet_lite0_s32" => Some(Arch::EfficientNetLite0S32),
             "efficientnet_lite2" => Some(Arch::EfficientNetLite2),
             "resnet18" => Some(Arch::ResNet18),
             "resnet34" => Some(Arch::ResNet34),
@@ -52,6 +56,7 @@ impl Arch {
             Arch::MobileNetV2Expanded => "mobilenet_v2_expanded",
             Arch::MobileNetV2S32 => "mobilenet_v2_s32",
             Arch::EfficientNetLite0 => "efficientnet_lite0",
+            Arch::EfficientNetLite0S32 => "efficientnet_lite0_s32",
             Arch::EfficientNetLite2 => "efficientnet_lite2",
             Arch::ResNet18 => "resnet18",
             Arch::ResNet34 => "resnet34",
@@ -63,16 +68,21 @@ impl Arch {
             Arch::MobileNetV2 | Arch::MobileNetV2Expanded | Arch::MobileNetV2S32 => {
                 self.mobilenet_v2_variant().tap_channels
             }
-            Arch::EfficientNetLite0 | Arch::EfficientNetLite2 => self.lite_variant().tap_channels,
+            Arch::EfficientNetLite0 | Arch::EfficientNetLite0S32 | Arch::EfficientNetLite2 => {
+                self.lite_variant().tap_channels
+            }
             Arch::ResNet18 | Arch::ResNet34 => resnet::TAP_CHANNELS,
         }
     }
 
-    /// Strides 4, 8 and 16 for every teacher but `mobilenet_v2_s32` (8, 16, 32).
+    /// Strides 4, 8 and 16 for every teacher but the `_s32` ones (8, 16, 32).
     pub fn tap_strides(self) -> [usize; 3] {
         match self {
             Arch::MobileNetV2 | Arch::MobileNetV2Expanded | Arch::MobileNetV2S32 => {
                 self.mobilenet_v2_variant().tap_strides
+            }
+            Arch::EfficientNetLite0 | Arch::EfficientNetLite0S32 | Arch::EfficientNetLite2 => {
+                self.lite_variant().tap_strides
             }
             _ => [4, 8, 16],
         }
@@ -83,7 +93,9 @@ impl Arch {
     /// for EfficientNet-Lite.
     pub fn input_stats(self) -> ([f32; 3], [f32; 3]) {
         match self {
-            Arch::EfficientNetLite0 | Arch::EfficientNetLite2 => (efficientnet_lite::MEAN, efficientnet_lite::STD),
+            Arch::EfficientNetLite0 | Arch::EfficientNetLite0S32 | Arch::EfficientNetLite2 => {
+                (efficientnet_lite::MEAN, efficientnet_lite::STD)
+            }
             _ => (crate::preprocess::IMAGENET_MEAN, crate::preprocess::IMAGENET_STD),
         }
     }
@@ -97,7 +109,7 @@ impl Arch {
                 let suffix = if taps.expanded { ".conv.0" } else { "" };
                 taps.blocks.iter().map(|i| format!("features.{}{suffix}", i + 1)).collect()
             }
-            Arch::EfficientNetLite0 | Arch::EfficientNetLite2 => {
+            Arch::EfficientNetLite0 | Arch::EfficientNetLite0S32 | Arch::EfficientNetLite2 => {
                 self.lite_variant().taps.iter().map(|i| format!("_blocks.{i}")).collect()
             }
             Arch::ResNet18 | Arch::ResNet34 => (1..=3).map(|i| format!("layer{i}")).collect(),
@@ -119,6 +131,7 @@ impl Arch {
     fn lite_variant(self) -> &'static efficientnet_lite::Variant {
         match self {
             Arch::EfficientNetLite2 => &efficientnet_lite::LITE2,
+            Arch::EfficientNetLite0S32 => &efficientnet_lite::LITE0_S32,
             _ => &efficientnet_lite::LITE0,
         }
     }
@@ -141,7 +154,7 @@ impl Backbone {
             Arch::MobileNetV2 | Arch::MobileNetV2Expanded | Arch::MobileNetV2S32 => {
                 b.mobilenet_v2 = Some(MobileNetV2::new(arch.mobilenet_v2_variant(), device))
             }
-            Arch::EfficientNetLite0 | Arch::EfficientNetLite2 => {
+            Arch::EfficientNetLite0 | Arch::EfficientNetLite0S32 | Arch::EfficientNetLite2 => {
                 b.efficientnet_lite = Some(EfficientNetLite::new(arch.lite_variant(), device))
             }
             Arch::ResNet18 => b.resnet = Some(ResNet::new([2, 2, 2], device)),

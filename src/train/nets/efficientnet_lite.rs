@@ -23,12 +23,30 @@ pub struct Variant {
     /// Block indices (0-based) whose outputs are the pyramid taps.
     pub taps: [usize; 3],
     pub tap_channels: [usize; 3],
+    pub tap_strides: [usize; 3],
 }
 
 pub const LITE0: Variant = Variant {
     stages: &[(1, 3, 16, 1, 1), (6, 3, 24, 2, 2), (6, 5, 40, 2, 2), (6, 3, 80, 3, 2), (6, 5, 112, 3, 1)],
     taps: [2, 4, 10],
     tap_channels: [24, 40, 112],
+    tap_strides: [4, 8, 16],
+};
+
+/// Lite0 tapped one octave down, like MobileNetV2's `S32`: the ends of blocks 4 / 10 / 14
+/// (strides 8 / 16 / 32; 40 / 112 / 192 channels), so stage 6 is kept.
+pub const LITE0_S32: Variant = Variant {
+    stages: &[
+        (1, 3, 16, 1, 1),
+        (6, 3, 24, 2, 2),
+        (6, 5, 40, 2, 2),
+        (6, 3, 80, 3, 2),
+        (6, 5, 112, 3, 1),
+        (6, 5, 192, 4, 2),
+    ],
+    taps: [4, 10, 14],
+    tap_channels: [40, 112, 192],
+    tap_strides: [8, 16, 32],
 };
 
 /// Lite0's stages 1.1x as wide (rounded to multiples of 8) and 1.2x as deep (rounded up).
@@ -36,6 +54,7 @@ pub const LITE2: Variant = Variant {
     stages: &[(1, 3, 16, 1, 1), (6, 3, 24, 3, 2), (6, 5, 48, 3, 2), (6, 3, 88, 4, 2), (6, 5, 120, 4, 1)],
     taps: [3, 6, 14],
     tap_channels: [24, 48, 120],
+    tap_strides: [4, 8, 16],
 };
 /// The input normalisation the weights were trained with: `(x*255 - 127) / 128` on RGB.
 pub const MEAN: [f32; 3] = [127.0 / 255.0; 3];
