@@ -3,13 +3,15 @@
 //! ```text
 //! bundle/
 //!   bundle.toml           manifest (this module's `Manifest`), sha256 of every other file
-//!   teacher.onnx          image [1,3,H,W] -> f1, f2, f3 (strides 4, 8, 16)
+//!   teacher.onnx          image [1,3,H,W] -> f1, f2, f3 (the teacher's strides, e.g. 8, 16, 32)
 //!   student_e.onnx        image -> f1, f2, f3          (encoder-like student Se)
 //!   student_d.onnx        f1, f2, f3 (Se's) -> f1, f2, f3 (DF embedding + decoder Sd)
 //!   *.int8.onnx           the same graphs with int8 QDQ weights and activations
 //!   golden/NN.png         golden images
 //!   golden/NN.map.f32     the trainer's anomaly map for each, little-endian f32 [H*W]
 //!   memory_bank.safetensors  optional: normal teacher features for the hybrid map
+//!   teacher_half.onnx, memory_bank_half.safetensors
+//!                         optional: the same at half the input's size (2x2 averaged in the graph)
 //! ```
 //!
 //! The trainer does the heavy work; the daemon only hashes, loads and checks (`dskd verify`).
@@ -80,6 +82,11 @@ pub struct Graphs {
     pub levels: Vec<String>,
     pub f32: GraphSet,
     pub int8: Option<GraphSet>,
+    /// The teacher on the input averaged 2x2 (`image [1,3,H,W] -> f1..f3` at half the
+    /// teacher's grids), for the memory bank's half-scale map; f32, used at either precision
+    /// (the bank's features are f32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_half: Option<String>,
 }
 
 /// File names of one precision's graphs; `student_d` is absent for the S-T baseline.
@@ -104,6 +111,22 @@ pub struct MemoryBankSpec {
     pub rows: usize,
     pub dims: usize,
     pub students_divisor: f32,
+    pub knn_divisor: f32,
+    /// A second bank scoring the frame at half size (absent: the frame's size only); its map
+    /// is added to the other two, divided by its own divisor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half: Option<HalfScaleBank>,
+}
+
+/// The half-scale bank: entries from the teacher on the input averaged 2x2 (the graph
+/// `graphs.teacher_half`), embedded at the same levels as the full-size bank.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HalfScaleBank {
+    /// safetensors file with one f32 tensor `bank` of `[rows, dims]`.
+    pub file: String,
+    pub rows: usize,
+    pub dims: usize,
     pub knn_divisor: f32,
 }
 
@@ -223,7 +246,11 @@ impl Bundle {
             names.push(s.image.clone());
             names.push(s.map.clone());
         }
-        names.extend(m.memory_bank.as_ref().map(|b| b.file.clone()));
+        if let Some(b) = &m.memory_bank {
+            names.push(b.file.clone());
+            names.extend(b.half.as_ref().map(|h| h.file.clone()));
+        }
+        names.extend(m.graphs.teacher_half.clone());
         names
     }
 

@@ -72,6 +72,7 @@ fn fixture() -> &'static Fixture {
             memory_bank: 0,
             memory_bank_levels: vec![2, 3],
             bank_divisor: Default::default(),
+            bank_scales: 1,
             augment: dskd::augment::Augment::None,
             sd_loss: dskd::train::loss::SdLoss::Pixel,
             lr_schedule: dskd::train::trainer::LrSchedule::Constant,
@@ -255,6 +256,7 @@ fn resnet18_teacher_trains_and_exports_with_parity() {
         memory_bank: 0,
         memory_bank_levels: vec![2, 3],
         bank_divisor: Default::default(),
+        bank_scales: 1,
         augment: dskd::augment::Augment::None,
         sd_loss: dskd::train::loss::SdLoss::Pixel,
         lr_schedule: dskd::train::trainer::LrSchedule::Constant,
@@ -504,4 +506,36 @@ fn memory_bank_hybrid_is_exported_hashed_and_served_with_parity() {
     wrong.manifest.memory_bank.as_mut().unwrap().rows = 65;
     let err = Detector::load(&wrong, Precision::F32).err().expect("shape mismatch refused").to_string();
     assert!(err.contains(&spec.file) && err.contains("[65, 128]"), "{err}");
+}
+
+/// `--bank-scales 2`: a second bank scores the input averaged 2x2, through its own teacher
+/// graph. Both are hashed with the bundle, the daemon's fused map (students + both kNN maps,
+/// through tract) reproduces the trainer's within the f32 tolerance (`short_bundle` verifies
+/// it), the half-scale map changes the map, and a manifest that names the half bank without
+/// its graph is refused.
+#[test]
+fn a_half_scale_bank_is_exported_hashed_and_served_with_parity() {
+    let dir = tempfile::tempdir().unwrap();
+    let (opts, m) =
+        short_bundle(dir.path(), trainer::TrainOptions { memory_bank: 64, bank_scales: 2, ..fixture().opts.clone() });
+    let spec = m.memory_bank.clone().expect("manifest has the bank");
+    let half = spec.half.clone().expect("manifest has the half-scale bank");
+    assert_eq!((half.rows, half.dims), (spec.rows, spec.dims), "same levels, same entry count");
+    assert!(half.knn_divisor > 0.0);
+    let graph = m.graphs.teacher_half.clone().expect("manifest names the half-scale teacher");
+    assert!(m.files.contains_key(&half.file) && m.files.contains_key(&graph), "both files are hashed");
+
+    let img = fixture().data.join("test/good/000.png");
+    let both = inspect(&opts.out, Precision::F32, &img);
+    let mut one = Bundle::open(&opts.out).unwrap();
+    one.manifest.memory_bank.as_mut().unwrap().half = None;
+    let full_only = Detector::load(&one, Precision::F32).unwrap();
+    let alone = full_only.inspect(&dskd::preprocess::load_image(&img).unwrap()).unwrap();
+    let diff = both.map.data.iter().zip(&alone.map.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff > 1e-3, "the half-scale bank changed nothing ({diff})");
+
+    let mut orphan = Bundle::open(&opts.out).unwrap();
+    orphan.manifest.graphs.teacher_half = None;
+    let err = Detector::load(&orphan, Precision::F32).err().expect("a half bank without its graph is refused");
+    assert!(err.to_string().contains("teacher_half"), "{err}");
 }

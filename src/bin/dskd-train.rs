@@ -133,6 +133,11 @@ struct Args {
     /// images outweighs the other's; or by their `mean` (before 2026-11-29).
     #[arg(long, value_enum, default_value_t = Divisor::Spread)]
     bank_divisor: Divisor,
+    /// Input scales the memory bank scores each frame at: 1 = the input's size; 2 = also at
+    /// half size (the teacher on the input averaged 2x2, with its own bank and divisor; its
+    /// map added to the other two).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    bank_scales: u8,
     /// Also train (and bank) flipped copies of each good image (`flip`: 4 copies), or every
     /// flip and quarter turn (`rotate`: 8). For surfaces with no up or left (tiles, sheet,
     /// fabric); leave off for objects with an orientation. An epoch passes every copy.
@@ -290,6 +295,7 @@ fn run(args: Args) -> Result<()> {
         memory_bank: args.memory_bank,
         memory_bank_levels: args.memory_bank_levels,
         bank_divisor: args.bank_divisor,
+        bank_scales: args.bank_scales,
         augment: args.augment,
         resume: args.resume,
         time_budget_s: args.time_budget.map(|m| m * 60.0),

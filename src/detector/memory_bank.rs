@@ -26,6 +26,8 @@ pub enum MemoryBankError {
     File { path: std::path::PathBuf, message: String },
     #[error("memory bank levels {levels:?}: the teacher has levels 1..={count}")]
     Level { levels: Vec<usize>, count: usize },
+    #[error("the manifest's memory bank has a half-scale bank but graphs.teacher_half names no graph")]
+    NoHalfTeacher,
 }
 
 /// The entries and the teacher levels their features come from.
@@ -196,6 +198,8 @@ pub struct FitOptions {
     pub progress: bool,
     /// Flipped or turned copies of each image added as candidates too.
     pub augment: Augment,
+    /// Entries from the half-scale teacher (`graphs.teacher_half`) instead of the teacher.
+    pub half: bool,
 }
 
 impl Candidates {
@@ -231,7 +235,9 @@ impl MemoryBank {
         let m = detector.manifest();
         Self::check_levels(&opts.levels, m.teacher.channels.len())?;
         let shapes = level_shapes(m);
-        let positions = opts.levels.iter().map(|&l| shapes[l - 1]).map(|[_, h, w]| h * w).max().unwrap_or(1);
+        let scale = if opts.half { 4 } else { 1 };
+        let positions =
+            opts.levels.iter().map(|&l| shapes[l - 1]).map(|[_, h, w]| h * w / scale).max().unwrap_or(1).max(1);
         let (h, w) = (m.input.height as usize, m.input.width as usize);
         opts.augment.check(w, h)?;
         let copies = images.len() * m.input.tiles.count() * opts.augment.copies();
@@ -240,7 +246,11 @@ impl MemoryBank {
         for path in images {
             for input in preprocess::to_tiles(&preprocess::load_image(path)?, &m.input) {
                 for copy in opts.augment.apply(input, h, w) {
-                    candidates.add(&detector.teacher_features(&copy)?);
+                    candidates.add(&if opts.half {
+                        detector.half_teacher_features(&copy)?
+                    } else {
+                        detector.teacher_features(&copy)?
+                    });
                 }
             }
             bar.inc(1);
@@ -340,14 +350,22 @@ impl MemoryBank {
     }
 }
 
-/// The hybrid map: a bank beside the students, and the divisors that make the two maps weigh
-/// as asked (each map's mean image score on held-out normals; the kNN one divided by its
-/// weight relative to the students').
+/// The hybrid map: a bank beside the students (and optionally a second bank on the frame at
+/// half size), and the divisors that make the maps weigh as asked (see [`Divisor`]; the kNN one
+/// divided by its weight relative to the students').
 #[derive(Debug, Clone)]
 pub struct Hybrid {
     pub bank: MemoryBank,
     pub students_divisor: f32,
     pub knn_divisor: f32,
+    pub half: Option<HalfBank>,
+}
+
+/// The half-scale bank and its map's divisor.
+#[derive(Debug, Clone)]
+pub struct HalfBank {
+    pub bank: MemoryBank,
+    pub divisor: f32,
 }
 
 /// What each map of the hybrid is divided by before the two are added, from its image scores
@@ -380,7 +398,12 @@ impl Hybrid {
     /// their spread); above `knn_weight` 1 the kNN map counts for more.
     pub fn new(bank: MemoryBank, students_scores: &[f32], knn_scores: &[f32], knn_weight: f32, by: Divisor) -> Self {
         let knn_divisor = by.of(knn_scores) / knn_weight.max(1e-6);
-        Self { bank, students_divisor: by.of(students_scores), knn_divisor }
+        Self { bank, students_divisor: by.of(students_scores), knn_divisor, half: None }
+    }
+
+    /// Adds the half-scale bank, its divisor from its map's held-out normal scores.
+    pub fn with_half(self, bank: MemoryBank, scores: &[f32], by: Divisor) -> Self {
+        Self { half: Some(HalfBank { bank, divisor: by.of(scores) }), ..self }
     }
 
     /// The bundle's `[memory_bank]`, checked against its manifest; `None` without one.
@@ -388,24 +411,40 @@ impl Hybrid {
         let Some(spec) = &bundle.manifest.memory_bank else { return Ok(None) };
         MemoryBank::check_levels(&spec.levels, bundle.manifest.teacher.channels.len())?;
         let bank = MemoryBank::read(&bundle.path(&spec.file), spec.levels.clone(), spec.rows, spec.dims)?;
-        Ok(Some(Self { bank, students_divisor: spec.students_divisor, knn_divisor: spec.knn_divisor }))
+        let half = match &spec.half {
+            None => None,
+            Some(_) if bundle.manifest.graphs.teacher_half.is_none() => {
+                return Err(MemoryBankError::NoHalfTeacher);
+            }
+            Some(h) => Some(HalfBank {
+                bank: MemoryBank::read(&bundle.path(&h.file), spec.levels.clone(), h.rows, h.dims)?,
+                divisor: h.knn_divisor,
+            }),
+        };
+        Ok(Some(Self { bank, students_divisor: spec.students_divisor, knn_divisor: spec.knn_divisor, half }))
     }
 
-    /// `students / students_divisor + knn / knn_divisor`, the kNN map from `teacher`'s
-    /// features at the students' map's size.
-    pub fn fuse(&self, students: Map, teacher: &[FeatureMap], sigma: f32, threads: usize) -> Map {
-        let knn = self.bank.map(teacher, students.height, students.width, sigma, threads);
-        self.fuse_maps(students, &knn)
+    /// The fused map (see [`Self::fuse_maps`]), the kNN maps from the teacher's features at
+    /// full and (when the bundle has a half-scale bank) half size.
+    pub fn fuse(&self, students: Map, teacher: &[FeatureMap], half: &[FeatureMap], sigma: f32, threads: usize) -> Map {
+        let (h, w) = (students.height, students.width);
+        let knn = self.bank.map(teacher, h, w, sigma, threads);
+        let half = self.half.as_ref().map(|b| b.bank.map(half, h, w, sigma, threads));
+        self.fuse_maps(students, &knn, half.as_ref())
     }
 
-    /// `students / students_divisor + knn / knn_divisor` of two maps of one size.
-    pub fn fuse_maps(&self, students: Map, knn: &Map) -> Map {
-        let data = students
+    /// `students / students_divisor + knn / knn_divisor (+ half / half's divisor)` of maps of
+    /// one size.
+    pub fn fuse_maps(&self, students: Map, knn: &Map, half: Option<&Map>) -> Map {
+        let mut data: Vec<f32> = students
             .data
             .iter()
             .zip(&knn.data)
             .map(|(s, k)| s / self.students_divisor + k / self.knn_divisor)
             .collect();
+        if let (Some(b), Some(m)) = (&self.half, half) {
+            data.iter_mut().zip(&m.data).for_each(|(v, k)| *v += k / b.divisor);
+        }
         Map { data, ..students }
     }
 }

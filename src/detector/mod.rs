@@ -71,6 +71,8 @@ pub enum DetectorError {
     EngineMissing { engine: &'static str },
     #[error("onnxruntime engine: {message}")]
     EngineLibrary { message: String },
+    #[error("the bundle has no half-scale teacher graph (graphs.teacher_half)")]
+    NoHalfTeacher,
     #[error("per-operator profiles are tract's; this detector runs on {engine}")]
     NotTract { engine: &'static str },
 }
@@ -100,6 +102,7 @@ pub struct Timings {
     #[serde(skip_serializing_if = "is_zero")]
     pub decode_ms: f64,
     pub preprocess_ms: f64,
+    /// The teacher, and the half-scale teacher after it when the bundle has one.
     pub teacher_ms: f64,
     pub student_e_ms: f64,
     pub student_d_ms: f64,
@@ -122,6 +125,15 @@ impl Timings {
     }
 }
 
+/// One input's features: the teacher's, the half-scale teacher's (empty without one), Se's
+/// and Sd's (empty for the S-T baseline).
+pub struct Features {
+    pub teacher: Vec<FeatureMap>,
+    pub half: Vec<FeatureMap>,
+    pub e: Vec<FeatureMap>,
+    pub d: Vec<FeatureMap>,
+}
+
 /// The full result for one image.
 #[derive(Debug, Clone)]
 pub struct Inspection {
@@ -137,9 +149,13 @@ pub struct Detector {
     teacher: Graph,
     student_e: Graph,
     student_d: Option<Graph>,
+    /// The teacher on the input averaged 2x2, for the memory bank's half-scale map.
+    teacher_half: Option<Graph>,
     /// The hybrid map's bank and divisors, when the bundle has one.
     memory_bank: Option<Hybrid>,
     levels: Vec<[usize; 3]>,
+    /// `teacher_half`'s level shapes: half of `levels`' grids.
+    half_levels: Vec<[usize; 3]>,
     /// The engine's name, for reports.
     engine: &'static str,
     /// Teacher on its own thread beside Se -> Sd (latency), or all on the caller's thread
@@ -194,7 +210,14 @@ impl Detector {
             teacher: graph(&set.teacher, std::slice::from_ref(&image))?,
             student_e: graph(&set.student_e, std::slice::from_ref(&image))?,
             student_d: set.student_d.as_deref().map(|f| graph(f, &level_inputs)).transpose()?,
+            teacher_half: m
+                .graphs
+                .teacher_half
+                .as_deref()
+                .map(|f| graph(f, std::slice::from_ref(&image)))
+                .transpose()?,
             memory_bank: Hybrid::load(bundle)?,
+            half_levels: levels.iter().map(|&[c, h, w]| [c, h / 2, w / 2]).collect(),
             levels,
             engine: engine.name(),
             parallel: true,
@@ -222,37 +245,46 @@ impl Detector {
 
     /// Runs one graph; returns its outputs as feature maps checked against the manifest.
     fn run(&self, g: &Graph, inputs: &[&[f32]]) -> Result<Vec<FeatureMap>, DetectorError> {
-        self.feature_maps(g, g.run(inputs)?)
+        self.feature_maps(g, g.run(inputs)?, &self.levels)
     }
 
-    /// Features of teacher, Se and (if present) Sd for one preprocessed input tensor; the
-    /// teacher runs on its own thread beside the student chain.
-    pub fn features(&self, input: &[f32], t: &mut Timings) -> Result<[Vec<FeatureMap>; 3], DetectorError> {
+    /// Features of teacher, Se and (if present) Sd for one preprocessed input tensor, and of
+    /// the half-scale teacher when the bundle has one; the teachers run on their own thread
+    /// beside the student chain.
+    pub fn features(&self, input: &[f32], t: &mut Timings) -> Result<Features, DetectorError> {
         let start = Instant::now();
-        let run_teacher = || {
+        let run_teachers = || {
             let s = Instant::now();
-            self.run(&self.teacher, &[input]).map(|f| (f, ms(s)))
+            let teacher = self.run(&self.teacher, &[input])?;
+            let half = if self.teacher_half.is_some() { self.half_teacher_features(input)? } else { Vec::new() };
+            Ok::<_, DetectorError>((teacher, half, ms(s)))
         };
-        let (teacher, students) = if self.parallel {
+        let (teachers, students) = if self.parallel {
             std::thread::scope(|scope| {
-                let teacher = scope.spawn(run_teacher);
+                let teachers = scope.spawn(run_teachers);
                 let students = self.student_chain(input, t);
-                (teacher.join().expect("teacher thread panicked"), students)
+                (teachers.join().expect("teacher thread panicked"), students)
             })
         } else {
-            (run_teacher(), self.student_chain(input, t))
+            (run_teachers(), self.student_chain(input, t))
         };
         t.networks_ms = ms(start);
-        let (teacher, teacher_ms) = teacher?;
+        let (teacher, half, teacher_ms) = teachers?;
         t.teacher_ms = teacher_ms;
         let (e, d) = students?;
-        Ok([teacher, e, d])
+        Ok(Features { teacher, half, e, d })
     }
 
     /// The teacher's features alone, on the calling thread (the nearest-neighbour scorer of
     /// `dskd eval --knn`).
     pub fn teacher_features(&self, input: &[f32]) -> Result<Vec<FeatureMap>, DetectorError> {
         self.run(&self.teacher, &[input])
+    }
+
+    /// The half-scale teacher's features (`graphs.teacher_half`), on the calling thread.
+    pub fn half_teacher_features(&self, input: &[f32]) -> Result<Vec<FeatureMap>, DetectorError> {
+        let g = self.teacher_half.as_ref().ok_or(DetectorError::NoHalfTeacher)?;
+        self.feature_maps(g, g.run(&[input])?, &self.half_levels)
     }
 
     /// Se, then Sd on Se's features (empty when the bundle is the S-T baseline).
@@ -272,11 +304,16 @@ impl Detector {
         Ok((e, d))
     }
 
-    /// Graph outputs as feature maps, each checked against the manifest's level shape.
-    fn feature_maps(&self, g: &Graph, outputs: Vec<Output>) -> Result<Vec<FeatureMap>, DetectorError> {
+    /// Graph outputs as feature maps, each checked against its expected level shape.
+    fn feature_maps(
+        &self,
+        g: &Graph,
+        outputs: Vec<Output>,
+        levels: &[[usize; 3]],
+    ) -> Result<Vec<FeatureMap>, DetectorError> {
         outputs
             .into_iter()
-            .zip(&self.levels)
+            .zip(levels)
             .enumerate()
             .map(|(index, (out, &expected))| {
                 if out.shape != [1, expected[0], expected[1], expected[2]] {
@@ -295,13 +332,13 @@ impl Detector {
 
     /// The anomaly map and its score for one preprocessed input tensor.
     pub fn map(&self, input: &[f32], t: &mut Timings) -> Result<(Map, f32), DetectorError> {
-        let [teacher, e, d] = self.features(input, t)?;
+        let f = self.features(input, t)?;
         let s = Instant::now();
-        let mut map = self.students_map(&teacher, &e, &d);
+        let mut map = self.students_map(&f.teacher, &f.e, &f.d);
         if let Some(hybrid) = &self.memory_bank {
             // Latency mode: both cores are free once the networks are done.
             let threads = if self.parallel { 2 } else { 1 };
-            map = hybrid.fuse(map, &teacher, self.manifest.map.sigma, threads);
+            map = hybrid.fuse(map, &f.teacher, &f.half, self.manifest.map.sigma, threads);
         }
         let score = anomaly_map::score(&map, self.manifest.map.score);
         t.map_ms = ms(s);

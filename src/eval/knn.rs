@@ -104,6 +104,7 @@ impl KnnScorer {
             seed: opts.seed,
             progress: opts.progress,
             augment: opts.augment,
+            half: false,
         };
         let bank = MemoryBank::fit(&detector, &train, &fit)?;
         let mut scorer = Self {
@@ -151,9 +152,9 @@ impl KnnScorer {
         let (mut knn, mut students) = (Vec::new(), Vec::new());
         for input in preprocess::to_tiles(img, &self.input) {
             let teacher = if self.fuse {
-                let [teacher, e, d] = self.detector.features(&input, &mut Timings::default())?;
-                students.push(self.detector.students_map(&teacher, &e, &d));
-                teacher
+                let f = self.detector.features(&input, &mut Timings::default())?;
+                students.push(self.detector.students_map(&f.teacher, &f.e, &f.d));
+                f.teacher
             } else {
                 self.detector.teacher_features(&input)?
             };
@@ -167,7 +168,7 @@ impl KnnScorer {
     /// The kNN map alone, or fused with the students' map by the hybrid's divisors.
     fn fused(&self, knn: Map, students: Option<Map>) -> Map {
         match students {
-            Some(st) => self.hybrid.fuse_maps(st, &knn),
+            Some(st) => self.hybrid.fuse_maps(st, &knn, None),
             None => knn,
         }
     }

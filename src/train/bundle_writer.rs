@@ -13,9 +13,9 @@ use anyhow::{Context, Result, bail};
 use super::export::{self, INPUT, LEVELS};
 use super::onnx::OnnxGraph;
 use super::quantize;
-use super::trainer::{TrainOptions, Trained, burn_features, load_inputs, progress_bar};
+use super::trainer::{TrainOptions, Trained, burn_features, burn_half_teacher, load_inputs, progress_bar};
 use crate::bundle::{
-    self, Bundle, Calibration, GoldenSample, GraphSet, Graphs, Info, Manifest, MemoryBankSpec, Teacher,
+    self, Bundle, Calibration, GoldenSample, GraphSet, Graphs, HalfScaleBank, Info, Manifest, MemoryBankSpec, Teacher,
 };
 use crate::calibrate::calibrate;
 use crate::detector::anomaly_map::{self, FeatureMap};
@@ -117,6 +117,7 @@ fn draft_manifest(t: &Trained, opts: &TrainOptions, f32_set: GraphSet) -> Result
             levels: LEVELS.iter().map(|s| s.to_string()).collect(),
             f32: f32_set,
             int8: None,
+            teacher_half: None,
         },
         map: opts.map.clone(),
         memory_bank: None,
@@ -159,7 +160,10 @@ fn write_golden(dir: &Path, t: &Trained, opts: &TrainOptions, m: &mut Manifest) 
             let students: Vec<&[FeatureMap]> = [&e[..], &d[..]].into_iter().filter(|s| !s.is_empty()).collect();
             let map = anomaly_map::anomaly_map(&teacher, &students, &m.map, h, w);
             maps.push(match &hybrid {
-                Some(hybrid) => hybrid.fuse(map, &teacher, m.map.sigma, 1),
+                Some(hybrid) => {
+                    let half = if hybrid.half.is_some() { burn_half_teacher(t, &input, &device) } else { Vec::new() };
+                    hybrid.fuse(map, &teacher, &half, m.map.sigma, 1)
+                }
                 None => map,
             });
         }
@@ -187,47 +191,79 @@ fn write_golden(dir: &Path, t: &Trained, opts: &TrainOptions, m: &mut Manifest) 
 /// Training features the memory bank's coreset is chosen from (a random share of every
 /// training image's positions beyond this).
 const BANK_CANDIDATES: usize = 1_000_000;
-/// Bank file name inside the bundle.
+/// Bank file names inside the bundle.
 const BANK_FILE: &str = "memory_bank.safetensors";
+const HALF_BANK_FILE: &str = "memory_bank_half.safetensors";
+/// The half-scale teacher's graph file.
+const TEACHER_HALF_FILE: &str = "teacher_half.onnx";
 
-/// The hybrid map's memory bank: a coreset of the training images' teacher features (through
-/// tract's f32 teacher, as the daemon computes them), written to the bundle, and the divisors
-/// that make the students' and the kNN maps weigh alike: each map's mean score on the
-/// held-out normals.
+/// The hybrid map's memory bank (and, with `bank_scales` 2, the half-scale one): a coreset of
+/// the training images' teacher features (through tract's f32 teacher, as the daemon computes
+/// them), written to the bundle, and each map's divisor from its held-out normals' scores.
 fn write_memory_bank(dir: &Path, t: &Trained, opts: &TrainOptions, m: &Manifest) -> Result<MemoryBankSpec> {
     let detector = Detector::load(&Bundle { dir: dir.to_owned(), manifest: m.clone() }, Precision::F32)?;
-    let fit = FitOptions {
+    let half = m.graphs.teacher_half.is_some();
+    let fit = |half| FitOptions {
         levels: opts.memory_bank_levels.clone(),
         size: opts.memory_bank,
         candidates: BANK_CANDIDATES,
         seed: opts.seed,
         progress: opts.progress,
         augment: opts.augment,
+        half,
     };
-    let bank = MemoryBank::fit(&detector, &t.data.train, &fit)?;
+    let bank = MemoryBank::fit(&detector, &t.data.train, &fit(false))?;
     bank.write(&dir.join(BANK_FILE))?;
+    let half_bank = if half { Some(MemoryBank::fit(&detector, &t.data.train, &fit(true))?) } else { None };
+    if let Some(b) = &half_bank {
+        b.write(&dir.join(HALF_BANK_FILE))?;
+    }
     let (h, w) = (t.spec.height as usize, t.spec.width as usize);
-    let (mut students, mut knn) = (Vec::new(), Vec::new());
+    let (mut students, mut knn, mut knn_half) = (Vec::new(), Vec::new(), Vec::new());
+    let (tiles, tw, th) = (&t.spec.tiles, t.spec.width, t.spec.height);
     for path in &t.data.val {
-        let (mut s, mut k) = (Vec::new(), Vec::new());
+        let (mut s, mut k, mut kh) = (Vec::new(), Vec::new(), Vec::new());
         for input in preprocess::to_tiles(&preprocess::load_image(path)?, &t.spec) {
-            let [teacher, e, d] = detector.features(&input, &mut Timings::default())?;
-            s.push(detector.students_map(&teacher, &e, &d));
-            k.push(bank.map(&teacher, h, w, m.map.sigma, 2));
+            let f = detector.features(&input, &mut Timings::default())?;
+            s.push(detector.students_map(&f.teacher, &f.e, &f.d));
+            k.push(bank.map(&f.teacher, h, w, m.map.sigma, 2));
+            if let Some(b) = &half_bank {
+                kh.push(b.map(&f.half, h, w, m.map.sigma, 2));
+            }
         }
-        let (tiles, tw, th) = (&t.spec.tiles, t.spec.width, t.spec.height);
         students.push(anomaly_map::score(&tiling::join(s, tiles, tw, th), m.map.score));
         knn.push(anomaly_map::score(&tiling::join(k, tiles, tw, th), m.map.score));
+        if half {
+            knn_half.push(anomaly_map::score(&tiling::join(kh, tiles, tw, th), m.map.score));
+        }
     }
-    let hybrid = Hybrid::new(bank, &students, &knn, 1.0, opts.bank_divisor);
+    let mut hybrid = Hybrid::new(bank, &students, &knn, 1.0, opts.bank_divisor);
+    if let Some(b) = half_bank {
+        hybrid = hybrid.with_half(b, &knn_half, opts.bank_divisor);
+    }
     Ok(MemoryBankSpec {
         file: BANK_FILE.into(),
-        levels: fit.levels,
+        levels: fit(false).levels,
         rows: hybrid.bank.rows(),
         dims: hybrid.bank.dims(),
         students_divisor: hybrid.students_divisor,
         knn_divisor: hybrid.knn_divisor,
+        half: hybrid.half.as_ref().map(|b| HalfScaleBank {
+            file: HALF_BANK_FILE.into(),
+            rows: b.bank.rows(),
+            dims: b.bank.dims(),
+            knn_divisor: b.divisor,
+        }),
     })
+}
+
+/// The half-scale teacher's graph, written to the bundle; its file name.
+fn write_teacher_half(dir: &Path, t: &Trained, opts: &TrainOptions) -> Result<String> {
+    let (c, s) = (&opts.arch.tap_channels()[..], &opts.arch.tap_strides()[..]);
+    let graph = export::scaled_backbone_graph("teacher_half", &t.teacher, &t.spec, c, s, 2);
+    let path = dir.join(TEACHER_HALF_FILE);
+    graph.write(&path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(TEACHER_HALF_FILE.into())
 }
 
 /// Calibration from the held-out normals' scores and map pixels, through tract at `precision`
@@ -374,6 +410,9 @@ pub fn write_bundle(t: &Trained, opts: &TrainOptions) -> Result<Manifest> {
     let f32_set = write_graphs(dir, &graphs, "")?;
     let mut m = draft_manifest(t, opts, f32_set)?;
     if opts.memory_bank > 0 {
+        if opts.bank_scales == 2 {
+            m.graphs.teacher_half = Some(write_teacher_half(dir, t, opts)?);
+        }
         m.memory_bank = Some(write_memory_bank(dir, t, opts, &m)?);
     }
     let f32_error = write_golden(dir, t, opts, &mut m)?;

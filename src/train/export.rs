@@ -5,6 +5,9 @@
 //! - student_e: `image [1,3,H,W] -> f1, f2, f3` (Se)
 //! - student_d: `in_f1, in_f2, in_f3 (Se's levels) -> f1, f2, f3` (DF embedding + Sd)
 //!
+//! and, for a bundle whose memory bank also scores the frame at half size, `teacher_half`:
+//! `image [1,3,H,W] -> 2x2 average -> teacher -> f1, f2, f3` at half the teacher's grids.
+//!
 //! Folding: `y = γ (conv(x) + b − μ)/√(σ²+ε) + β` becomes a conv with weights scaled by
 //! `γ/√(σ²+ε)` per output channel and bias `β + (b − μ)·γ/√(σ²+ε)`.
 
@@ -175,9 +178,22 @@ pub fn backbone_graph(
     channels: &[usize],
     strides: &[usize],
 ) -> OnnxGraph {
+    scaled_backbone_graph(name, net, spec, channels, strides, 1)
+}
+
+/// [`backbone_graph`] on the image averaged down by `scale` (1 or 2) inside the graph, so the
+/// daemon feeds every graph the same input tensor; its levels are `scale` times coarser.
+pub fn scaled_backbone_graph(
+    name: &str,
+    net: &Backbone,
+    spec: &InputSpec,
+    channels: &[usize],
+    strides: &[usize],
+    scale: usize,
+) -> OnnxGraph {
     let mut g = OnnxGraph::new(name);
     g.inputs.push((INPUT.into(), vec![1, 3, spec.height as usize, spec.width as usize]));
-    let x = INPUT.to_string();
+    let x = if scale == 2 { g.halve(INPUT.to_string()) } else { INPUT.to_string() };
     let taps = if let Some(m) = &net.mobilenet_v2 {
         inverted_residual_net(&mut g, x, &m.stem, &m.blocks, &m.taps)
     } else if let Some(e) = &net.efficientnet_lite {
@@ -189,7 +205,8 @@ pub fn backbone_graph(
     } else {
         unreachable!("a backbone has one architecture")
     };
-    set_outputs(&mut g, taps, &level_shapes(spec, channels, strides));
+    let scaled: Vec<usize> = strides.iter().map(|s| s * scale).collect();
+    set_outputs(&mut g, taps, &level_shapes(spec, channels, &scaled));
     g
 }
 

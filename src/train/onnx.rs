@@ -130,6 +130,15 @@ impl OnnxGraph {
         )
     }
 
+    /// 2x2 average, stride 2: the image at half size (the half-scale teacher's input).
+    pub fn halve(&mut self, x: String) -> String {
+        self.add_node(
+            "AveragePool",
+            vec![x],
+            vec![("kernel_shape", Attr::Ints(vec![2, 2])), ("strides", Attr::Ints(vec![2, 2]))],
+        )
+    }
+
     pub fn relu(&mut self, x: String) -> String {
         self.add_node("Relu", vec![x], vec![])
     }

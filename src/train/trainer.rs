@@ -78,6 +78,9 @@ pub struct TrainOptions {
     pub memory_bank_levels: Vec<usize>,
     /// What the students' and the bank's maps are each divided by before they are added.
     pub bank_divisor: crate::detector::memory_bank::Divisor,
+    /// Input scales the memory bank scores: 1 = the input's size, 2 = also at half size
+    /// (its own bank and divisor; the teacher on the input averaged 2x2).
+    pub bank_scales: u8,
     /// Flipped or turned copies of the training images (students and memory bank).
     pub augment: Augment,
     pub resume: bool,
@@ -657,6 +660,16 @@ pub fn burn_features(t: &Trained, input: &[f32], device: &Device) -> [Vec<Featur
     let teacher = levels(t.teacher.forward(x.clone()));
     let f = t.students.forward(x);
     [teacher, levels(f.e), levels(f.d)]
+}
+
+/// The teacher's features of `input` averaged 2x2, as `teacher_half.onnx` computes them (the
+/// half-scale bank's golden maps).
+pub fn burn_half_teacher(t: &Trained, input: &[f32], device: &Device) -> Vec<FeatureMap> {
+    use burn::tensor::module::avg_pool2d;
+    use burn::tensor::ops::AvgPoolOptions;
+    let x = stack(&[input], [3, t.spec.height as usize, t.spec.width as usize], device);
+    let half = avg_pool2d(x, AvgPoolOptions::new([2, 2]));
+    t.teacher.forward(half).into_iter().map(|l| to_feature_maps(l).remove(0)).collect()
 }
 
 #[cfg(test)]
