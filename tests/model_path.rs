@@ -476,6 +476,22 @@ fn efficientnet_lite0_teacher_trains_and_exports_with_parity() {
     assert!(pads.contains(&vec![1, 1, 2, 2]), "a 5x5 stride-2 depthwise conv pads 1 before, 2 after");
 }
 
+/// Lite0 tapped one octave down (`efficientnet_lite0_s32`) loads the shipped weights through
+/// block 14 and exports with golden parity beside its dense Se.
+#[test]
+fn efficientnet_lite0_s32_teacher_exports_with_parity() {
+    use dskd::train::nets::backbone::Arch;
+    use dskd::train::nets::students::StudentE;
+    let dir = tempfile::tempdir().unwrap();
+    let arch = Arch::EfficientNetLite0S32;
+    let weights = dskd::train::weights::find_shipped_teacher(arch).unwrap();
+    let opts =
+        trainer::TrainOptions { arch, student_e: StudentE::Dense, teacher_weights: weights, ..fixture().opts.clone() };
+    let (_, m) = short_bundle(dir.path(), opts);
+    assert_eq!((m.teacher.channels.clone(), m.teacher.strides.clone()), (vec![40, 112, 192], vec![8, 16, 32]));
+    assert_eq!(m.teacher.taps, vec!["_blocks.4", "_blocks.10", "_blocks.14"]);
+}
+
 /// `--memory-bank`: the hybrid map. The bank is built at export from the training images'
 /// teacher features, hashed with the bundle, and the daemon's maps (students + kNN, through
 /// tract) reproduce the trainer's within the f32 tolerance; int8 is judged on the hybrid map
