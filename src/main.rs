@@ -128,6 +128,13 @@ enum Command {
         /// Defective test images per kind (scratch, spot, crack).
         #[arg(long, default_value_t = 4)]
         test_defect: u64,
+        /// Defect size as a factor of the default (lengths, radii and line widths; lines stay
+        /// at least half a pixel wide): below 1 for a set of small defects.
+        #[arg(long, default_value_t = 1.0)]
+        defect_scale: f32,
+        /// Defect brightness change as a factor of the default: below 1 for faint defects.
+        #[arg(long, default_value_t = 1.0)]
+        defect_contrast: f32,
     },
     /// Measure detection quality on a labelled test set (MVTec-style folder or split file):
     /// image/pixel AUROC, AUPRO, F1-max, the calibrated threshold's false-alarm and miss
@@ -509,10 +516,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("wrote {n} images and {}", out.join("split.tsv").display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Synth { out, size, seed, train, test_good, test_defect } => {
+        Command::Synth { out, size, seed, train, test_good, test_defect, defect_scale, defect_contrast } => {
             let counts = synth::SynthCounts { train, test_good, test_defect };
-            let n =
-                synth::write_dataset(&out, seed, size, counts).with_context(|| format!("writing {}", out.display()))?;
+            let look = synth::DefectLook { scale: defect_scale, contrast: defect_contrast };
+            let n = synth::write_dataset_with(&out, seed, size, counts, look)
+                .with_context(|| format!("writing {}", out.display()))?;
             println!("wrote {n} images under {}", out.display());
             Ok(ExitCode::SUCCESS)
         }

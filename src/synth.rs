@@ -103,24 +103,51 @@ pub fn normal(seed: u64, index: u64, size: u32) -> GrayImage {
     })
 }
 
+/// How the defects look: their size and brightness change as factors of the defaults (1, 1).
+/// Smaller, fainter defects make a harder set (`dskd synth --defect-scale 0.3
+/// --defect-contrast 0.4`), where a detector's losses on small defects show.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DefectLook {
+    pub scale: f32,
+    pub contrast: f32,
+}
+
+impl Default for DefectLook {
+    fn default() -> Self {
+        Self { scale: 1.0, contrast: 1.0 }
+    }
+}
+
 /// A defective image and its mask (255 = defect) for image `index`.
 pub fn defective(seed: u64, index: u64, size: u32, kind: Defect) -> (GrayImage, GrayImage) {
+    defective_with(seed, index, size, kind, DefectLook::default())
+}
+
+/// [`defective`] with defects of the given look.
+pub fn defective_with(seed: u64, index: u64, size: u32, kind: Defect, look: DefectLook) -> (GrayImage, GrayImage) {
     let mut img = normal(seed, 1_000_000 + index, size);
     let mut rng = Rng::new(seed ^ mix(index + 17) ^ kind as u64);
-    let s = size as f32;
+    // Sizes scale with `look.scale`: `s` for lengths and radii, `line` for stroke widths (shrunk
+    // lines kept at half a pixel; the default look is left as it always was, at any size).
+    let s = size as f32 * look.scale;
+    let line = |w: f32| {
+        let px = w * size as f32 / 256.0 * look.scale;
+        if look.scale < 1.0 { px.max(0.5) } else { px }
+    };
+    let full = size as f32;
     // alpha[i] in [0, 1] is the defect's coverage of pixel i; delta its brightness change.
     let mut alpha = vec![0.0f32; (size * size) as usize];
     let delta = match kind {
         Defect::Scratch => {
-            let (cx, cy) = (rng.range(0.25, 0.75) * s, rng.range(0.25, 0.75) * s);
+            let (cx, cy) = (rng.range(0.25, 0.75) * full, rng.range(0.25, 0.75) * full);
             let angle = rng.range(0.0, std::f32::consts::PI);
             let half = rng.range(0.15, 0.3) * s;
             let (dx, dy) = (angle.cos() * half, angle.sin() * half);
-            stroke(&mut alpha, size, &[(cx - dx, cy - dy), (cx + dx, cy + dy)], 1.2 * s / 256.0);
+            stroke(&mut alpha, size, &[(cx - dx, cy - dy), (cx + dx, cy + dy)], line(1.2));
             70.0
         }
         Defect::Spot => {
-            let (cx, cy) = (rng.range(0.2, 0.8) * s, rng.range(0.2, 0.8) * s);
+            let (cx, cy) = (rng.range(0.2, 0.8) * full, rng.range(0.2, 0.8) * full);
             let (rx, ry) = (rng.range(0.025, 0.06) * s, rng.range(0.025, 0.06) * s);
             for (i, a) in alpha.iter_mut().enumerate() {
                 let (x, y) = ((i as u32 % size) as f32 + 0.5, (i as u32 / size) as f32 + 0.5);
@@ -130,22 +157,22 @@ pub fn defective(seed: u64, index: u64, size: u32, kind: Defect) -> (GrayImage, 
             -75.0
         }
         Defect::Crack => {
-            let mut p = (rng.range(0.2, 0.8) * s, rng.range(0.2, 0.8) * s);
+            let mut p = (rng.range(0.2, 0.8) * full, rng.range(0.2, 0.8) * full);
             let mut heading = rng.range(0.0, 2.0 * std::f32::consts::PI);
             let mut points = vec![p];
             for _ in 0..24 {
                 heading += rng.range(-0.7, 0.7);
                 let step = rng.range(0.01, 0.025) * s;
                 p = (
-                    (p.0 + heading.cos() * step).clamp(0.0, s - 1.0),
-                    (p.1 + heading.sin() * step).clamp(0.0, s - 1.0),
+                    (p.0 + heading.cos() * step).clamp(0.0, full - 1.0),
+                    (p.1 + heading.sin() * step).clamp(0.0, full - 1.0),
                 );
                 points.push(p);
             }
-            stroke(&mut alpha, size, &points, 1.0 * s / 256.0);
+            stroke(&mut alpha, size, &points, line(1.0));
             -90.0
         }
-    };
+    } * look.contrast;
     let mut mask = GrayImage::new(size, size);
     for (i, a) in alpha.iter().enumerate() {
         let (x, y) = (i as u32 % size, i as u32 / size);
@@ -191,6 +218,17 @@ pub struct SynthCounts {
 
 /// Writes a full MVTec-style data set under `out`; returns the number of files written.
 pub fn write_dataset(out: &Path, seed: u64, size: u32, counts: SynthCounts) -> Result<usize, image::ImageError> {
+    write_dataset_with(out, seed, size, counts, DefectLook::default())
+}
+
+/// [`write_dataset`] with defects of the given look.
+pub fn write_dataset_with(
+    out: &Path,
+    seed: u64,
+    size: u32,
+    counts: SynthCounts,
+    look: DefectLook,
+) -> Result<usize, image::ImageError> {
     let mut written = 0;
     let mut save = |img: &GrayImage, rel: String| -> Result<(), image::ImageError> {
         let path = out.join(rel);
@@ -207,7 +245,7 @@ pub fn write_dataset(out: &Path, seed: u64, size: u32, counts: SynthCounts) -> R
     }
     for kind in Defect::ALL {
         for i in 0..counts.test_defect {
-            let (img, mask) = defective(seed, i, size, kind);
+            let (img, mask) = defective_with(seed, i, size, kind, look);
             save(&img, format!("test/{}/{i:03}.png", kind.name()))?;
             save(&mask, format!("ground_truth/{}/{i:03}_mask.png", kind.name()))?;
         }
@@ -223,6 +261,22 @@ mod tests {
     fn images_are_deterministic_and_differ_by_index() {
         assert_eq!(normal(7, 3, 64), normal(7, 3, 64));
         assert_ne!(normal(7, 3, 64), normal(7, 4, 64));
+    }
+
+    #[test]
+    fn a_smaller_fainter_look_marks_fewer_pixels_and_changes_them_less() {
+        let small = DefectLook { scale: 0.3, contrast: 0.4 };
+        for kind in Defect::ALL {
+            let (img, mask) = defective(1, 0, 256, kind);
+            let (faint, small_mask) = defective_with(1, 0, 256, kind, small);
+            let clean = normal(1, 1_000_000, 256);
+            let marked = |m: &GrayImage| m.pixels().filter(|p| p[0] == 255).count();
+            let change = |im: &GrayImage| im.pixels().zip(clean.pixels()).map(|(a, b)| a[0].abs_diff(b[0])).max();
+            assert!(marked(&small_mask) > 0, "{kind:?}: the small defect is still marked");
+            assert!(marked(&small_mask) * 2 < marked(&mask), "{kind:?}: smaller");
+            assert!(change(&faint) < change(&img), "{kind:?}: fainter");
+        }
+        assert_eq!(defective_with(1, 0, 64, Defect::Crack, DefectLook::default()), defective(1, 0, 64, Defect::Crack));
     }
 
     #[test]

