@@ -9,11 +9,14 @@ use std::process::{Command, Output};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
+/// MobileNetV2's shipped weights (torchvision's layout), edited by the tests below.
 const WEIGHTS: &str = "models/teachers/mobilenet_v2/mobilenet_v2-imagenet-features.safetensors";
+/// The default teacher's shipped weights, relative to a teachers folder.
+const DEFAULT_TEACHER: &str = "efficientnet_lite0/efficientnet_lite0-imagenet-features.safetensors";
 
 fn train(weights: &Path, data: &Path, out: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dskd-train"))
-        .args(["--quiet", "--size", "64", "--epochs", "1", "--teacher-weights"])
+        .args(["--quiet", "--size", "64", "--epochs", "1", "--teacher", "mobilenet_v2_s32", "--teacher-weights"])
         .arg(weights)
         .arg("--data")
         .arg(data)
@@ -137,12 +140,12 @@ fn teachers_folder_from_the_environment() {
     let empty = dir.path().join("no-teachers");
     std::fs::create_dir_all(&empty).unwrap();
     let o = run(&empty, "a");
-    let looked = empty.join("mobilenet_v2/mobilenet_v2-imagenet-features.safetensors");
+    let looked = empty.join(DEFAULT_TEACHER);
     assert_fails(&o, &[&looked.display().to_string(), "--teacher-weights", "DSKD_TEACHERS"]);
 
     let installed = dir.path().join("share/dskd/teachers");
-    std::fs::create_dir_all(installed.join("mobilenet_v2")).unwrap();
-    std::fs::copy(WEIGHTS, installed.join("mobilenet_v2/mobilenet_v2-imagenet-features.safetensors")).unwrap();
+    std::fs::create_dir_all(installed.join("efficientnet_lite0")).unwrap();
+    std::fs::copy(Path::new("models/teachers").join(DEFAULT_TEACHER), installed.join(DEFAULT_TEACHER)).unwrap();
     let o = run(&installed, "b");
     assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
 }
