@@ -110,6 +110,8 @@ pub enum SourceKind {
     Synthetic,
     /// An industrial or UVC camera (V4L2 on Linux, through nokhwa; cargo feature `camera`).
     Camera,
+    /// A GigE Vision or USB3 Vision camera (GenICam, through aravis; cargo feature `genicam`).
+    Genicam,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -147,9 +149,24 @@ pub struct SourceConfig {
     pub pixel_formats: Vec<PixelFormat>,
     /// `camera`: convert frames to gray (cheaper; the model sees gray as three equal channels).
     pub gray: bool,
-    /// `camera`: reconnect back-off when the device fails or goes away: first wait and cap.
+    /// `camera`, `genicam`: reconnect back-off when the device fails or goes away: first wait
+    /// and cap.
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
+    /// `genicam`: sensor region `[x, y, width, height]` (absent: as the camera is set).
+    pub roi: Option<[u32; 4]>,
+    /// `genicam`: ExposureTime in microseconds and Gain in dB (absent: as the camera is set).
+    pub exposure_us: Option<f64>,
+    pub gain_db: Option<f64>,
+    /// `genicam`: frame trigger source: empty = free-running (at `fps` when not 0),
+    /// `Software` = one frame per `cmd/trigger`, or a line (`Line1`, ...) wired to the PLC.
+    pub trigger_source: String,
+    /// `genicam`: the line edge that triggers (`RisingEdge`, `FallingEdge`, ...).
+    pub trigger_activation: String,
+    /// `genicam`: GigE packet size in bytes (0 = negotiated with the camera; see the README).
+    pub packet_size: u32,
+    /// `genicam`: a free-running camera silent this long is reopened.
+    pub stall_ms: u64,
 }
 
 impl Default for SourceConfig {
@@ -174,6 +191,13 @@ impl Default for SourceConfig {
             gray: false,
             reconnect_initial_ms: 500,
             reconnect_max_ms: 30_000,
+            roi: None,
+            exposure_us: None,
+            gain_db: None,
+            trigger_source: String::new(),
+            trigger_activation: "RisingEdge".into(),
+            packet_size: 0,
+            stall_ms: 5_000,
         }
     }
 }

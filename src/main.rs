@@ -528,15 +528,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn cameras() -> Result<ExitCode> {
-    let found = dskd::source::camera::list().context("listing cameras")?;
-    if found.is_empty() {
-        println!("no cameras found (V4L2 devices /dev/video*; is the user in the `video` group?)");
-    }
-    for (index, name, modes) in found {
-        println!("{index}: {name}");
-        for m in modes {
-            println!("    {m}");
+    // Each kind is listed on its own: a build without one of them still lists the other.
+    match dskd::source::camera::list() {
+        Ok(found) if found.is_empty() => {
+            println!("V4L2/UVC: none found (devices /dev/video*; is the user in the `video` group?)")
         }
+        Ok(found) => {
+            println!("V4L2/UVC ([source] kind = \"camera\", device = the index or name):");
+            for (index, name, modes) in found {
+                println!("  {index}: {name}");
+                for m in modes {
+                    println!("      {m}");
+                }
+            }
+        }
+        Err(e) => println!("V4L2/UVC: {e}"),
+    }
+    match dskd::source::genicam::list() {
+        Ok(found) if found.is_empty() => println!("GenICam: none found (GigE cameras must be on a reachable subnet)"),
+        Ok(found) => {
+            println!("GenICam ([source] kind = \"genicam\", device = the index, serial, address or name):");
+            for (i, d) in found.iter().enumerate() {
+                println!("  {i}: {d}");
+            }
+        }
+        Err(e) => println!("GenICam: {e}"),
     }
     Ok(ExitCode::SUCCESS)
 }

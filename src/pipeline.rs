@@ -464,7 +464,8 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
     let images = open_images(&cfg)?;
     let review = open_review(&cfg)?;
     let queue = Arc::new(DropOldest::new(cfg.queue.capacity));
-    let source = tokio::spawn(source::run(cfg.source.clone(), queue.clone(), controls.shutdown.clone()));
+    let (fire, triggers) = mpsc::unbounded_channel();
+    let source = tokio::spawn(source::run(cfg.source.clone(), queue.clone(), controls.shutdown.clone(), triggers));
     notifier.ready(&format!("serving {} {}", serving.model.name, serving.model.version));
     metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut trigger = Trigger {
@@ -496,7 +497,11 @@ pub async fn run(cfg: Config, source_of_cfg: ConfigSource, mut controls: Control
             }
             Some(cmd) = cmd_rx.recv() => {
                 match cmd {
-                    Command::Trigger { request_id } => trigger.pending.push_back(request_id),
+                    Command::Trigger { request_id } => {
+                        trigger.pending.push_back(request_id);
+                        // A camera triggered by software takes its picture now.
+                        let _ = fire.send(());
+                    }
                     Command::Threshold { value, .. } => threshold_override = Some(value),
                     Command::Reload { request_id } => {
                         let result = reload(&source_of_cfg, &mut serving, &notifier).await;

@@ -3,6 +3,7 @@
 
 pub mod camera;
 pub mod dir;
+pub mod genicam;
 pub mod pipe;
 pub mod pixels;
 pub mod synthetic;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use image::DynamicImage;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{SourceConfig, SourceKind};
 use crate::queue::DropOldest;
@@ -61,16 +62,20 @@ pub(crate) fn period(rate_hz: f64) -> Option<Duration> {
 }
 
 /// Runs the configured source until it ends or shutdown is signalled; closes the queue.
+/// `triggers` carries one message per external trigger (`cmd/trigger`): a camera triggered
+/// by software fires on each; the other sources never read it.
 pub async fn run(
     cfg: SourceConfig,
     queue: Arc<DropOldest<Frame>>,
     shutdown: watch::Receiver<bool>,
+    triggers: mpsc::UnboundedReceiver<()>,
 ) -> Result<(), SourceError> {
     let result = match cfg.kind {
         SourceKind::Dir => dir::run(&cfg, &queue, shutdown).await,
         SourceKind::Pipe => pipe::run(&cfg, &queue, shutdown).await,
         SourceKind::Synthetic => synthetic::run(&cfg, &queue, shutdown).await,
         SourceKind::Camera => camera::run(&cfg, &queue, shutdown).await,
+        SourceKind::Genicam => genicam::run(&cfg, &queue, shutdown, triggers).await,
     };
     queue.close();
     result

@@ -1,6 +1,7 @@
 //! Raw camera buffers to images: the part of the camera source that needs no camera.
 //!
-//! Cameras hand over MJPEG, YUYV 4:2:2, NV12, GREY or packed RGB/BGR bytes. The detector wants
+//! Cameras hand over MJPEG, YUYV 4:2:2, NV12, GREY or packed RGB/BGR bytes (UVC), or 8/10/12/16-bit
+//! mono and 8-bit Bayer mosaics (GenICam's Mono8..16, BayerRG8..). The detector wants
 //! an RGB or gray image; gray is cheaper (YUYV/NV12 → gray is just the Y plane) and the model
 //! sees gray as three equal channels anyway.
 
@@ -17,6 +18,15 @@ pub enum PixelFormat {
     Gray,
     Rgb,
     Bgr,
+    /// 10-, 12- or 16-bit gray in little-endian 16-bit words (GenICam Mono10/Mono12/Mono16).
+    Gray10,
+    Gray12,
+    Gray16,
+    /// 8-bit Bayer mosaics, named by their top-left 2x2 cell (GenICam BayerRG8, ...).
+    BayerRggb,
+    BayerGrbg,
+    BayerGbrg,
+    BayerBggr,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -47,6 +57,12 @@ pub fn to_image(
         PixelFormat::Nv12 if gray => DynamicImage::ImageLuma8(nv12_luma(width, height, bytes)?),
         PixelFormat::Nv12 => DynamicImage::ImageRgb8(nv12_to_rgb(width, height, bytes)?),
         PixelFormat::Rgb | PixelFormat::Bgr => DynamicImage::ImageRgb8(packed_rgb(format, width, height, bytes)?),
+        PixelFormat::Gray10 | PixelFormat::Gray12 | PixelFormat::Gray16 => {
+            DynamicImage::ImageLuma8(gray_words(format, width, height, bytes)?)
+        }
+        PixelFormat::BayerRggb | PixelFormat::BayerGrbg | PixelFormat::BayerGbrg | PixelFormat::BayerBggr => {
+            DynamicImage::ImageRgb8(demosaic(format, width, height, bytes)?)
+        }
     };
     Ok(if gray && img.color() != image::ColorType::L8 { DynamicImage::ImageLuma8(img.to_luma8()) } else { img })
 }
@@ -148,6 +164,53 @@ fn packed_rgb(format: PixelFormat, width: u32, height: u32, bytes: &[u8]) -> Res
     Ok(RgbImage::from_raw(width, height, px).expect("length checked"))
 }
 
+/// 16-bit little-endian gray words, their top 8 significant bits kept.
+fn gray_words(format: PixelFormat, width: u32, height: u32, bytes: &[u8]) -> Result<GrayImage, PixelError> {
+    let n = frame_pixels(format, width, height, bytes.len(), 2)?;
+    let shift = match format {
+        PixelFormat::Gray10 => 2,
+        PixelFormat::Gray12 => 4,
+        _ => 8,
+    };
+    let px = bytes[..n * 2].chunks_exact(2).map(|w| (u16::from_le_bytes([w[0], w[1]]) >> shift).min(255) as u8);
+    Ok(GrayImage::from_raw(width, height, px.collect()).expect("length checked"))
+}
+
+/// Bilinear demosaic of an 8-bit Bayer frame: each pixel keeps its own colour and takes the
+/// other two as the mean of the 3x3 neighbours that carry them (edges clamped).
+fn demosaic(format: PixelFormat, width: u32, height: u32, bytes: &[u8]) -> Result<RgbImage, PixelError> {
+    let n = frame_pixels(format, width, height, bytes.len(), 1)?;
+    let (w, h) = (width as usize, height as usize);
+    // The colour (0 = R, 1 = G, 2 = B) of the top-left 2x2 cell, row by row.
+    let cell: [usize; 4] = match format {
+        PixelFormat::BayerRggb => [0, 1, 1, 2],
+        PixelFormat::BayerGrbg => [1, 0, 2, 1],
+        PixelFormat::BayerGbrg => [1, 2, 0, 1],
+        _ => [2, 1, 1, 0],
+    };
+    let colour = |x: usize, y: usize| cell[(y % 2) * 2 + x % 2];
+    let raw = &bytes[..n];
+    let mut out = Vec::with_capacity(n * 3);
+    for y in 0..h {
+        for x in 0..w {
+            let (mut sum, mut count) = ([0u32; 3], [0u32; 3]);
+            for yy in y.saturating_sub(1)..(y + 2).min(h) {
+                for xx in x.saturating_sub(1)..(x + 2).min(w) {
+                    let c = colour(xx, yy);
+                    sum[c] += u32::from(raw[yy * w + xx]);
+                    count[c] += 1;
+                }
+            }
+            let own = colour(x, y);
+            for c in 0..3 {
+                let v = if c == own { u32::from(raw[y * w + x]) } else { sum[c] / count[c].max(1) };
+                out.push(v as u8);
+            }
+        }
+    }
+    Ok(RgbImage::from_raw(width, height, out).expect("length checked"))
+}
+
 /// Decodes one MJPEG frame. UVC cameras often leave out the Huffman tables (no DHT segment)
 /// and rely on the standard ones of JPEG Annex K, which the decoder does not assume: those
 /// frames get the standard tables put in front of their scan.
@@ -224,6 +287,31 @@ fn standard_dht_segment() -> Vec<u8> {
 pub(crate) mod tests {
     use super::*;
     use image::ImageEncoder;
+
+    #[test]
+    fn deep_gray_keeps_its_top_eight_bits() {
+        let words: Vec<u8> = [4095u16, 2048, 0, 1023].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let img = to_image(PixelFormat::Gray12, 2, 2, &words, false).unwrap().to_luma8();
+        assert_eq!(img.as_raw(), &[255, 128, 0, 63]);
+        let ten = to_image(PixelFormat::Gray10, 2, 2, &words, false).unwrap().to_luma8();
+        assert_eq!(ten.as_raw()[3], 255, "1023 is Mono10's white");
+        assert!(matches!(to_image(PixelFormat::Gray16, 2, 2, &words[..6], false), Err(PixelError::Size { .. })));
+    }
+
+    #[test]
+    fn a_flat_colour_survives_every_bayer_layout() {
+        // A uniform (R, G, B) = (200, 100, 50) scene as each mosaic samples it.
+        for (format, cell) in [
+            (PixelFormat::BayerRggb, [200, 100, 100, 50]),
+            (PixelFormat::BayerGrbg, [100, 200, 50, 100]),
+            (PixelFormat::BayerGbrg, [100, 50, 200, 100]),
+            (PixelFormat::BayerBggr, [50, 100, 100, 200]),
+        ] {
+            let raw: Vec<u8> = (0..6 * 4).map(|i| cell[((i / 6) % 2) * 2 + (i % 6) % 2]).collect();
+            let img = to_image(format, 6, 4, &raw, false).unwrap().to_rgb8();
+            assert!(img.pixels().all(|p| p.0 == [200, 100, 50]), "{format:?}: {:?}", img.get_pixel(1, 1));
+        }
+    }
 
     pub(crate) fn jpeg(img: &RgbImage) -> Vec<u8> {
         let mut buf = Vec::new();
