@@ -41,13 +41,15 @@ impl std::fmt::Display for Device {
     }
 }
 
-/// The device id that `spec` means: an index into the list ("0"), an IP address (opened
+/// The device id that `spec` means: an index into the list ("0", up to three digits), an IP address (opened
 /// directly, GigE cameras need not be discoverable), an exact id, physical id (MAC, USB
 /// serial) or address, or a case-insensitive part of the id (which holds the serial number),
 /// vendor or model (exact matches win).
 pub fn resolve_device(spec: &str, devices: &[Device]) -> Result<String, String> {
     let spec = spec.trim();
-    if let Ok(i) = spec.parse::<usize>() {
+    // Up to three digits is an index; serial numbers (often all digits) are longer.
+    let index = if spec.len() <= 3 { spec.parse::<usize>().ok() } else { None };
+    if let Some(i) = index {
         return devices
             .get(i)
             .map(|d| d.id.clone())
