@@ -165,6 +165,9 @@ pub struct SourceConfig {
     pub trigger_activation: String,
     /// `genicam`: GigE packet size in bytes (0 = negotiated with the camera; see the README).
     pub packet_size: u32,
+    /// `genicam`: GigE: ask the camera to resend lost packets (aravis's default), or drop the
+    /// frame at once (for links where a late frame is worse than none).
+    pub packet_resend: bool,
     /// `genicam`: a free-running camera silent this long is reopened.
     pub stall_ms: u64,
 }
@@ -197,6 +200,7 @@ impl Default for SourceConfig {
             trigger_source: String::new(),
             trigger_activation: "RisingEdge".into(),
             packet_size: 0,
+            packet_resend: true,
             stall_ms: 5_000,
         }
     }

@@ -2,7 +2,7 @@
 //!
 //! As with `camera`, the choices that need no camera are plain functions tested here: which
 //! device a spec means and which pixel format to ask for. The `driver` opens the device,
-//! applies exposure, gain, frame rate, region, trigger and GigE packet size, streams buffers
+//! applies exposure, gain, frame rate, region, trigger and GigE packet size and resend, streams buffers
 //! into [`super::pixels`], fires a software trigger for each `cmd/trigger` when the camera is
 //! software-triggered, and reopens the device with capped back-off whenever it fails, stalls
 //! or goes away.
@@ -142,8 +142,9 @@ pub fn list() -> Result<Vec<Device>, SourceError> {
 mod driver {
     use std::time::{Duration, Instant};
 
+    use aravis::glib::prelude::Cast;
     use aravis::prelude::*;
-    use aravis::{Buffer, BufferStatus, Camera, Stream};
+    use aravis::{Buffer, BufferStatus, Camera, GvStreamPacketResend, Stream};
     use tokio::sync::{mpsc, watch};
 
     use super::super::{Frame, SourceError, pixels};
@@ -236,6 +237,10 @@ mod driver {
             }
         }
         let stream = camera.create_stream().map_err(|e| err("stream", e))?;
+        if let Some(gv) = stream.downcast_ref::<aravis::GvStream>() {
+            let resend = if cfg.packet_resend { GvStreamPacketResend::Always } else { GvStreamPacketResend::Never };
+            gv.set_packet_resend(resend);
+        }
         let payload = camera.payload().map_err(|e| err("payload size", e))? as usize;
         for _ in 0..BUFFERS {
             stream.push_buffer(Buffer::new_allocate(payload));
