@@ -1139,8 +1139,12 @@ fn the_drift_alarm_trips_when_the_scene_changes() {
         let d = spawn(dir.path(), format!("{}{extra}", base_config(dir.path(), port)));
         let got = sub.collect(Duration::from_secs(120), |g| on("drift", g).iter().any(|v| v["state"] == "drifting"));
         let metrics = http_get(http_port(&dir.path().join("daemon.log")), "/metrics");
+        // The retained status says it too, right after the drift message.
+        let status = sub.collect(Duration::from_secs(10), |g| on("status", g).iter().any(|s| s["drift"] == "drifting"));
         kill(d);
         validate_all(&got);
+        validate_all(&status);
+        assert!(on("status", &status).iter().any(|s| s["drift"] == "drifting"), "{name}: {status:?}");
         let tripped_at = got.iter().position(|(t, v)| t == "dskd/t/drift" && v["state"] == "drifting");
         let at = tripped_at.unwrap_or_else(|| panic!("{name}: no drift event: {:?}", on("telemetry", &got)));
         let seqs: Vec<u64> = got[..at]

@@ -73,6 +73,8 @@ struct Sink {
     latencies: Vec<f64>,
     /// Events the outbox failed to store, and when to say so in the log.
     outbox_failures: FailureLog,
+    /// The drift alarm's state from its last trip or clear (`None` before either).
+    drift: Option<String>,
 }
 
 /// The outbox replay's cursor (see [`Sink::replay_more`]).
@@ -90,13 +92,20 @@ const REPLAY_WINDOW: usize = 256;
 const OUTBOX_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// The retained status payload; `outbox_failures` says whether events are being made durable.
-fn status(s: &Settings, state: &str, outbox_failures: &FailureLog, outbox_dropped: u64) -> Vec<u8> {
+fn status(
+    s: &Settings,
+    state: &str,
+    outbox_failures: &FailureLog,
+    outbox_dropped: u64,
+    drift: Option<&str>,
+) -> Vec<u8> {
     let mut v = s.status.clone();
     v["state"] = json!(state);
     v["timestamp"] = json!(crate::sink::now_rfc3339());
     v["outbox_writable"] = json!(!outbox_failures.failing());
     v["outbox_write_failures"] = json!(outbox_failures.total());
     v["outbox_dropped"] = json!(outbox_dropped);
+    v["drift"] = json!(drift);
     v.to_string().into_bytes()
 }
 
@@ -221,7 +230,7 @@ impl Sink {
     }
 
     fn publish_status(&mut self, state: &str) {
-        let payload = status(&self.s, state, &self.outbox_failures, self.outbox.dropped());
+        let payload = status(&self.s, state, &self.outbox_failures, self.outbox.dropped(), self.drift.as_deref());
         self.publish(format!("{}/status", self.s.prefix), QoS::AtLeastOnce, true, payload, None);
     }
 
@@ -383,7 +392,7 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
         opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
     }
     let outbox_failures = FailureLog::new(OUTBOX_LOG_EVERY);
-    let will = status(&s, "offline", &outbox_failures, outbox.dropped());
+    let will = status(&s, "offline", &outbox_failures, outbox.dropped(), None);
     opts.set_last_will(LastWill::new(format!("{}/status", s.prefix), will, QoS::AtLeastOnce, true));
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let mut sink = Sink {
@@ -400,6 +409,7 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
         captured: HashMap::new(),
         latencies: Vec::new(),
         outbox_failures,
+        drift: None,
     };
     let mut backoff = Backoff::new(sink.s.backoff_initial, sink.s.backoff_max);
     let mut retry_at: Option<Instant> = None;
@@ -430,6 +440,9 @@ pub async fn run(s: Settings, outbox: Outbox, mut reports: mpsc::Receiver<Messag
                     // Retained and QoS 1: a dashboard that connects later sees the current state.
                     let topic = format!("{}/drift", sink.s.prefix);
                     sink.publish(topic, QoS::AtLeastOnce, true, d.to_string().into_bytes(), None);
+                    // The retained status says it too, for whoever reads only that.
+                    sink.drift = d["state"].as_str().map(String::from);
+                    sink.publish_status("online");
                 }
                 Some(Message::Reply { request_id, command, error, data }) => {
                     sink.reply(Some(request_id), &command, error, data)
