@@ -86,15 +86,12 @@ pub fn list() -> Result<Vec<(u32, String, Vec<Mode>)>, SourceError> {
 
 #[cfg(feature = "camera")]
 mod driver {
-    use std::time::Duration;
-
     use nokhwa::Camera;
     use nokhwa::utils::{ApiBackend, CameraFormat, CameraIndex, FrameFormat, RequestedFormat, RequestedFormatType};
     use tokio::sync::watch;
 
     use super::super::{Frame, SourceError, pixels};
     use super::{Mode, PixelFormat, choose_mode, resolve_device};
-    use crate::backoff::Backoff;
     use crate::config::SourceConfig;
     use crate::queue::DropOldest;
 
@@ -196,51 +193,18 @@ mod driver {
         Ok(())
     }
 
-    /// Sleeps `wait` in short slices so shutdown is not held up; false once shutdown is set.
-    fn wait_or_shutdown(wait: Duration, shutdown: &watch::Receiver<bool>) -> bool {
-        let until = std::time::Instant::now() + wait;
-        while std::time::Instant::now() < until {
-            if *shutdown.borrow() {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50).min(wait));
-        }
-        !*shutdown.borrow()
-    }
-
     pub fn capture_loop(
         cfg: &SourceConfig,
         queue: &DropOldest<Frame>,
         shutdown: &watch::Receiver<bool>,
     ) -> Result<(), SourceError> {
-        let ms = Duration::from_millis;
-        let mut backoff = Backoff::new(ms(cfg.reconnect_initial_ms), ms(cfg.reconnect_max_ms));
-        let mut seq = 0;
-        while !*shutdown.borrow() {
-            let failure = match open(cfg) {
-                Ok((mut cam, m, name)) => {
-                    tracing::info!(device = %cfg.device, camera = %name, mode = %m, "camera streaming");
-                    let before = seq;
-                    let r = stream(&mut cam, m, cfg, queue, shutdown, &mut seq);
-                    let _ = cam.stop_stream();
-                    // Only frames count as recovery: a device that opens and then fails every
-                    // read must not be reopened at the initial rate forever.
-                    if seq > before {
-                        backoff.reset();
-                    }
-                    match r {
-                        Ok(()) => return Ok(()),
-                        Err(e) => e,
-                    }
-                }
-                Err(e) => e,
-            };
-            let wait = backoff.next_wait();
-            tracing::warn!(device = %cfg.device, error = %failure, retry_in_ms = wait.as_millis() as u64, "camera unavailable");
-            if !wait_or_shutdown(wait, shutdown) {
-                break;
-            }
-        }
+        super::super::reopen_with_backoff(cfg, shutdown, "camera", |seq| {
+            let (mut cam, m, name) = open(cfg)?;
+            tracing::info!(device = %cfg.device, camera = %name, mode = %m, "camera streaming");
+            let r = stream(&mut cam, m, cfg, queue, shutdown, seq);
+            let _ = cam.stop_stream();
+            r
+        });
         Ok(())
     }
 }

@@ -149,7 +149,6 @@ mod driver {
 
     use super::super::{Frame, SourceError, pixels};
     use super::{Device, choose_format, resolve_device};
-    use crate::backoff::Backoff;
     use crate::config::SourceConfig;
     use crate::queue::DropOldest;
 
@@ -309,17 +308,6 @@ mod driver {
         Ok(())
     }
 
-    fn wait_or_shutdown(wait: Duration, shutdown: &watch::Receiver<bool>) -> bool {
-        let until = Instant::now() + wait;
-        while Instant::now() < until {
-            if *shutdown.borrow() {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50).min(wait));
-        }
-        !*shutdown.borrow()
-    }
-
     /// aravis's in-process fake camera (its Fake interface, no network): configured like any
     /// camera, it streams decoded frames into the queue. (It streams whatever the trigger
     /// settings: 8 frames in 1.5 s with a software trigger set and none fired, so triggering is
@@ -352,34 +340,19 @@ mod driver {
         shutdown: &watch::Receiver<bool>,
         mut triggers: mpsc::UnboundedReceiver<()>,
     ) -> Result<(), SourceError> {
-        let ms = Duration::from_millis;
-        let mut backoff = Backoff::new(ms(cfg.reconnect_initial_ms), ms(cfg.reconnect_max_ms));
-        let mut seq = 0;
-        while !*shutdown.borrow() {
-            let failure = match open(cfg) {
-                Ok(o) => {
-                    tracing::info!(device = %o.id, format = ?o.format, trigger = %cfg.trigger_source, "genicam streaming");
-                    let before = seq;
-                    let r = stream(&o, cfg, queue, shutdown, &mut triggers, &mut seq);
-                    let _ = o.camera.stop_acquisition();
-                    if seq > before {
-                        backoff.reset();
-                    }
-                    match r {
-                        Ok(()) => return Ok(()),
-                        Err(e) => e,
-                    }
-                }
-                Err(e) => e,
-            };
-            // Triggers that came while the camera was away are not kept for the next one.
-            while triggers.try_recv().is_ok() {}
-            let wait = backoff.next_wait();
-            tracing::warn!(device = %cfg.device, error = %failure, retry_in_ms = wait.as_millis() as u64, "genicam camera unavailable");
-            if !wait_or_shutdown(wait, shutdown) {
-                break;
+        super::super::reopen_with_backoff(cfg, shutdown, "genicam camera", |seq| {
+            let result = open(cfg).and_then(|o| {
+                tracing::info!(device = %o.id, format = ?o.format, trigger = %cfg.trigger_source, "genicam streaming");
+                let r = stream(&o, cfg, queue, shutdown, &mut triggers, seq);
+                let _ = o.camera.stop_acquisition();
+                r
+            });
+            if result.is_err() {
+                // Triggers that came while the camera was away are not kept for the next one.
+                while triggers.try_recv().is_ok() {}
             }
-        }
+            result
+        });
         Ok(())
     }
 }

@@ -61,6 +61,52 @@ pub(crate) fn period(rate_hz: f64) -> Option<Duration> {
     (rate_hz > 0.0).then(|| Duration::from_secs_f64(1.0 / rate_hz))
 }
 
+/// The reconnect loop of the camera sources: `session` opens the device and streams from it,
+/// counting frames in its `seq`, and returns Ok on shutdown or a closed queue, or Err with why
+/// the device failed. A failure is logged (`"{what} unavailable"`, with `retry_in_ms`) and the
+/// device reopened after capped exponential back-off, which only frames reset: a device that
+/// opens and then fails every read must not be reopened at the initial rate forever. Never
+/// fails itself: a line camera that is unplugged and plugged back in needs no restart.
+#[cfg(any(feature = "camera", feature = "genicam"))]
+pub(crate) fn reopen_with_backoff(
+    cfg: &SourceConfig,
+    shutdown: &watch::Receiver<bool>,
+    what: &str,
+    mut session: impl FnMut(&mut u64) -> Result<(), String>,
+) {
+    let ms = Duration::from_millis;
+    let mut backoff = crate::backoff::Backoff::new(ms(cfg.reconnect_initial_ms), ms(cfg.reconnect_max_ms));
+    let mut seq = 0;
+    while !*shutdown.borrow() {
+        let before = seq;
+        let failure = match session(&mut seq) {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        if seq > before {
+            backoff.reset();
+        }
+        let wait = backoff.next_wait();
+        tracing::warn!(device = %cfg.device, error = %failure, retry_in_ms = wait.as_millis() as u64, "{what} unavailable");
+        if !wait_or_shutdown(wait, shutdown) {
+            return;
+        }
+    }
+}
+
+/// Sleeps `wait` in short slices so shutdown is not held up; false once shutdown is set.
+#[cfg(any(feature = "camera", feature = "genicam"))]
+fn wait_or_shutdown(wait: Duration, shutdown: &watch::Receiver<bool>) -> bool {
+    let until = Instant::now() + wait;
+    while Instant::now() < until {
+        if *shutdown.borrow() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50).min(wait));
+    }
+    !*shutdown.borrow()
+}
+
 /// Runs the configured source until it ends or shutdown is signalled; closes the queue.
 /// `triggers` carries one message per external trigger (`cmd/trigger`): a camera triggered
 /// by software fires on each; the other sources never read it.
