@@ -128,6 +128,30 @@ pub struct HalfScaleBank {
     pub rows: usize,
     pub dims: usize,
     pub knn_divisor: f32,
+    /// How its map joins the full-size map (absent in older bundles: `sum`).
+    #[serde(default)]
+    pub fusion: ScaleFusion,
+    /// `max` only: added to the divided half-scale map, so that on the held-out normals its
+    /// image scores have the full-size map's mean (and, by the divisor, its spread).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offset: f32,
+}
+
+fn is_zero(v: &f32) -> bool {
+    *v == 0.0
+}
+
+/// How the half-scale bank's map joins the full-size hybrid map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleFusion {
+    /// Added, divided by the spread of its held-out normals' scores, like the other two maps.
+    #[default]
+    Sum,
+    /// The larger of the two at each pixel, the half-scale map brought to the full-size map's
+    /// mean and spread on the held-out normals: a defect only one scale sees keeps its whole
+    /// signal instead of sharing the sum with the other scale's noise.
+    Max,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -284,7 +308,10 @@ pub fn parse_manifest(path: PathBuf, text: &str) -> Result<Manifest, BundleError
     }
     manifest.input.validate().map_err(|e| BundleError::Manifest { path: path.clone(), message: e.to_string() })?;
     let levels = manifest.map.check_levels(manifest.teacher.channels.len());
-    levels.map_err(|e| BundleError::Manifest { path, message: format!("[map] levels {e}") })?;
+    levels.map_err(|e| BundleError::Manifest { path: path.clone(), message: format!("[map] levels {e}") })?;
+    let students = if manifest.graphs.f32.student_d.is_some() { 2 } else { 1 };
+    let weights = manifest.map.check_weights(manifest.teacher.channels.len(), students);
+    weights.map_err(|e| BundleError::Manifest { path, message: format!("[map] weights: {e}") })?;
     Ok(manifest)
 }
 

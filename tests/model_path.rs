@@ -5,10 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use dskd::bundle::Bundle;
+use dskd::bundle::{Bundle, ScaleFusion};
 use dskd::detector::{Detector, Precision};
 use dskd::preprocess::Normalize;
 use dskd::synth::{self, Defect, SynthCounts};
+use dskd::train::trainer::LevelWeights;
 use dskd::train::{bundle_writer, trainer};
 
 /// The fixture's size: natively 96 px, 40 images (32 train, 8 held out), 6 epochs of batch 8.
@@ -69,10 +70,12 @@ fn fixture() -> &'static Fixture {
             student_e: Default::default(),
             se_sd_weight: 0.0,
             map: Default::default(),
+            level_weights: Default::default(),
             memory_bank: 0,
             memory_bank_levels: vec![2, 3],
             bank_divisor: Default::default(),
             bank_scales: 1,
+            bank_scale_fusion: Default::default(),
             augment: dskd::augment::Augment::None,
             sd_loss: dskd::train::loss::SdLoss::Pixel,
             lr_schedule: dskd::train::trainer::LrSchedule::Constant,
@@ -253,10 +256,12 @@ fn resnet18_teacher_trains_and_exports_with_parity() {
         student_e: Default::default(),
         se_sd_weight: 0.0,
         map: Default::default(),
+        level_weights: Default::default(),
         memory_bank: 0,
         memory_bank_levels: vec![2, 3],
         bank_divisor: Default::default(),
         bank_scales: 1,
+        bank_scale_fusion: Default::default(),
         augment: dskd::augment::Augment::None,
         sd_loss: dskd::train::loss::SdLoss::Pixel,
         lr_schedule: dskd::train::trainer::LrSchedule::Constant,
@@ -522,6 +527,56 @@ fn memory_bank_hybrid_is_exported_hashed_and_served_with_parity() {
     wrong.manifest.memory_bank.as_mut().unwrap().rows = 65;
     let err = Detector::load(&wrong, Precision::F32).err().expect("shape mismatch refused").to_string();
     assert!(err.contains(&spec.file) && err.contains("[65, 128]"), "{err}");
+}
+
+/// `--level-weights spread` (the default): the six level/student maps are weighted from the
+/// held-out normals, averaging 1; the weights reach the manifest, the daemon's map uses them
+/// (parity holds: `short_bundle` verifies it) and `equal` gives the unweighted map back.
+#[test]
+fn level_weights_come_from_held_out_normals_and_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = trainer::TrainOptions { level_weights: LevelWeights::Spread, ..fixture().opts.clone() };
+    let (opts, m) = short_bundle(dir.path(), opts);
+    assert_eq!(m.map.weights.len(), 6, "{:?}", m.map.weights);
+    let mean = m.map.weights.iter().sum::<f32>() / 6.0;
+    assert!((mean - 1.0).abs() < 1e-4 && m.map.weights.iter().all(|w| *w > 0.0), "{:?}", m.map.weights);
+    assert!(m.map.weights.iter().any(|w| (w - 1.0).abs() > 1e-3), "weights all 1: {:?}", m.map.weights);
+
+    let img = fixture().data.join("test/good/000.png");
+    let weighted = inspect(&opts.out, Precision::F32, &img);
+    let mut equal = Bundle::open(&opts.out).unwrap();
+    equal.manifest.map.weights.clear();
+    let plain =
+        Detector::load(&equal, Precision::F32).unwrap().inspect(&dskd::preprocess::load_image(&img).unwrap()).unwrap();
+    assert_ne!(weighted.map.data, plain.map.data, "the weights changed nothing");
+}
+
+/// `--bank-scale-fusion max`: the half-scale map joins by the larger value at each pixel, so
+/// the served map is never below the full-size map alone and is above it somewhere; the
+/// manifest says so, and parity holds (`short_bundle` verifies it).
+#[test]
+fn a_half_scale_bank_can_join_by_max() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = trainer::TrainOptions {
+        memory_bank: 64,
+        bank_scales: 2,
+        bank_scale_fusion: ScaleFusion::Max,
+        ..fixture().opts.clone()
+    };
+    let (opts, m) = short_bundle(dir.path(), opts);
+    let half = m.memory_bank.clone().and_then(|b| b.half).expect("manifest has the half-scale bank");
+    assert_eq!(half.fusion, ScaleFusion::Max);
+    assert!(half.knn_divisor > 0.0 && half.offset != 0.0, "{half:?}");
+
+    let img = fixture().data.join("test/good/000.png");
+    let both = inspect(&opts.out, Precision::F32, &img);
+    let mut one = Bundle::open(&opts.out).unwrap();
+    one.manifest.memory_bank.as_mut().unwrap().half = None;
+    let alone =
+        Detector::load(&one, Precision::F32).unwrap().inspect(&dskd::preprocess::load_image(&img).unwrap()).unwrap();
+    let pairs = || both.map.data.iter().zip(&alone.map.data);
+    assert!(pairs().all(|(a, b)| a >= b), "max fusion lowered the map somewhere");
+    assert!(pairs().any(|(a, b)| a > b), "the half-scale map never won");
 }
 
 /// `--bank-scales 2`: a second bank scores the input averaged 2x2, through its own teacher

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use dskd::augment::Augment;
+use dskd::bundle::ScaleFusion;
 use dskd::detector::anomaly_map::{Fusion, MapSettings, ScoreMode};
 use dskd::detector::memory_bank::Divisor;
 use dskd::preprocess::Normalize;
@@ -15,6 +16,7 @@ use dskd::tiling::Tiles;
 use dskd::train::loss::SdLoss;
 use dskd::train::nets::backbone::Arch;
 use dskd::train::nets::students::StudentE;
+use dskd::train::trainer::LevelWeights;
 use dskd::train::{bundle_writer, trainer, weights};
 
 /// Train the DSKD students (or the S-T baseline) and write a model bundle.
@@ -119,6 +121,11 @@ struct Args {
     /// students' map; empty: all three. The students train on every level either way.
     #[arg(long, value_delimiter = ',', value_name = "LEVELS")]
     map_levels: Vec<usize>,
+    /// How the six level/student maps are weighted in the students' map: `spread`, each
+    /// divided by the spread of its image scores on the held-out normals, computed at export
+    /// (also with --export-only); or `equal`, the published sum.
+    #[arg(long, value_enum, default_value_t = LevelWeights::Spread)]
+    level_weights: LevelWeights,
     /// Entries of a memory bank of normal teacher features whose nearest-neighbour distances
     /// are added to the students' map (the hybrid map): a greedy coreset of the training
     /// images' features (chosen from every training position, up to a million), built at
@@ -140,6 +147,12 @@ struct Args {
     /// map added to the other two).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
     bank_scales: u8,
+    /// With --bank-scales 2, how the half-scale map joins the full-size map: `sum` (added,
+    /// divided by the spread of its held-out normals' scores) or `max` (the larger at each
+    /// pixel, the half-scale map brought to the full-size map's mean and spread on the
+    /// held-out normals).
+    #[arg(long, value_enum, default_value_t = ScaleFusion::Sum)]
+    bank_scale_fusion: ScaleFusion,
     /// Also train (and bank) flipped copies of each good image (`flip`: 4 copies), or every
     /// flip and quarter turn (`rotate`: 8). For surfaces with no up or left (tiles, sheet,
     /// fabric); leave off for objects with an orientation. An epoch passes every copy.
@@ -293,11 +306,13 @@ fn run(args: Args) -> Result<()> {
         },
         se_sd_weight: args.se_sd_weight,
         sd_loss: args.sd_loss,
-        map: MapSettings { fusion, sigma: args.sigma, score, levels: args.map_levels },
+        map: MapSettings { fusion, sigma: args.sigma, score, levels: args.map_levels, weights: Vec::new() },
+        level_weights: args.level_weights,
         memory_bank: args.memory_bank,
         memory_bank_levels: args.memory_bank_levels,
         bank_divisor: args.bank_divisor,
         bank_scales: args.bank_scales,
+        bank_scale_fusion: args.bank_scale_fusion,
         augment: args.augment,
         resume: args.resume,
         time_budget_s: args.time_budget.map(|m| m * 60.0),

@@ -63,11 +63,16 @@ pub struct MapSettings {
     /// level either way; this only chooses what the map reads.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub levels: Vec<usize>,
+    /// Weight of each level/student map in the fusion, `weights[level * students + student]`
+    /// over every teacher level (read or not); empty (and absent in older bundles): all 1.
+    /// Set at export from held-out normals (`dskd-train --level-weights spread`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<f32>,
 }
 
 impl Default for MapSettings {
     fn default() -> Self {
-        Self { fusion: Fusion::Sum, sigma: 4.0, score: ScoreMode::Max, levels: Vec::new() }
+        Self { fusion: Fusion::Sum, sigma: 4.0, score: ScoreMode::Max, levels: Vec::new(), weights: Vec::new() }
     }
 }
 
@@ -83,6 +88,22 @@ impl MapSettings {
     /// Whether level `i` (0-based) enters the map.
     pub fn reads_level(&self, i: usize) -> bool {
         self.levels.is_empty() || self.levels.contains(&(i + 1))
+    }
+
+    /// Checks the weights against a teacher with `levels` levels and `students` students.
+    pub fn check_weights(&self, levels: usize, students: usize) -> Result<(), String> {
+        if !self.weights.is_empty() && self.weights.len() != levels * students {
+            return Err(format!("{} map weights for {levels} levels x {students} students", self.weights.len()));
+        }
+        if self.weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
+            return Err(format!("map weights must be finite and not negative: {:?}", self.weights));
+        }
+        Ok(())
+    }
+
+    /// The weight of level `i`'s (0-based) map of student `j` of `students`.
+    pub fn weight(&self, i: usize, j: usize, students: usize) -> f32 {
+        self.weights.get(i * students + j).copied().unwrap_or(1.0)
     }
 }
 
@@ -251,10 +272,12 @@ pub fn anomaly_map(
         Fusion::Sum | Fusion::Mean => fuse_linear(teacher, students, settings, out_h, out_w),
         Fusion::Product | Fusion::Max => {
             let mut maps = Vec::with_capacity(teacher.len() * students.len());
-            for student in students {
+            for (j, student) in students.iter().enumerate() {
                 for (i, (t, s)) in teacher.iter().zip(student.iter()).enumerate() {
                     if settings.reads_level(i) {
-                        maps.push(upsample_bilinear(&cosine_distance(t, s), out_h, out_w));
+                        let mut map = upsample_bilinear(&cosine_distance(t, s), out_h, out_w);
+                        scale(&mut map, settings.weight(i, j, students.len()));
+                        maps.push(map);
                     }
                 }
             }
@@ -262,6 +285,13 @@ pub fn anomaly_map(
         }
     };
     gaussian_blur(&fused, settings.sigma)
+}
+
+/// Multiplies a map by `w` (skipped for the usual 1).
+fn scale(m: &mut Map, w: f32) {
+    if w != 1.0 {
+        m.data.iter_mut().for_each(|v| *v *= w);
+    }
 }
 
 /// Sum (or mean) fusion. Upsampling is linear, so the students' maps of one level are added at
@@ -278,10 +308,12 @@ fn fuse_linear(
     let mut levels = 0;
     for (i, t) in teacher.iter().enumerate().filter(|(i, _)| settings.reads_level(*i)) {
         levels += 1;
+        let n = students.len();
         let mut level = cosine_distance(t, &students[0][i]);
-        for student in &students[1..] {
-            let other = cosine_distance(t, &student[i]);
-            level.data.iter_mut().zip(&other.data).for_each(|(a, b)| *a += b);
+        scale(&mut level, settings.weight(i, 0, n));
+        for (j, student) in students.iter().enumerate().skip(1) {
+            let (other, w) = (cosine_distance(t, &student[i]), settings.weight(i, j, n));
+            level.data.iter_mut().zip(&other.data).for_each(|(a, b)| *a += w * b);
         }
         upsample_add(&level, &mut acc, out_h, out_w);
     }
@@ -298,6 +330,13 @@ mod tests {
 
     fn fm(data: Vec<f32>, c: usize, h: usize, w: usize) -> FeatureMap {
         FeatureMap { data, channels: c, height: h, width: w }
+    }
+
+    /// Three random three-level pyramids of one shape (teacher, Se, Sd).
+    fn random_pyramids(seed: u64) -> [Vec<FeatureMap>; 3] {
+        let mut rng = crate::synth::Rng::new(seed);
+        let mut level = |c: usize, h: usize, w: usize| fm((0..c * h * w).map(|_| rng.unit() - 0.5).collect(), c, h, w);
+        std::array::from_fn(|_| vec![level(4, 8, 8), level(6, 4, 4), level(8, 2, 2)])
     }
 
     #[test]
@@ -335,11 +374,7 @@ mod tests {
 
     #[test]
     fn linear_fusion_before_upsampling_matches_fusing_upsampled_maps() {
-        let mut rng = crate::synth::Rng::new(3);
-        let mut level = |c: usize, h: usize, w: usize| fm((0..c * h * w).map(|_| rng.unit() - 0.5).collect(), c, h, w);
-        let teacher = vec![level(4, 8, 8), level(6, 4, 4), level(8, 2, 2)];
-        let se = vec![level(4, 8, 8), level(6, 4, 4), level(8, 2, 2)];
-        let sd = vec![level(4, 8, 8), level(6, 4, 4), level(8, 2, 2)];
+        let [teacher, se, sd] = random_pyramids(3);
         for fusion in [Fusion::Sum, Fusion::Mean] {
             let settings = MapSettings { fusion, sigma: 1.0, ..MapSettings::default() };
             let fast = anomaly_map(&teacher, &[&se, &sd], &settings, 32, 32);
@@ -357,10 +392,7 @@ mod tests {
 
     #[test]
     fn chosen_levels_are_the_only_ones_read() {
-        let mut rng = crate::synth::Rng::new(5);
-        let mut level = |c: usize, h: usize, w: usize| fm((0..c * h * w).map(|_| rng.unit() - 0.5).collect(), c, h, w);
-        let teacher = vec![level(4, 8, 8), level(6, 4, 4), level(8, 2, 2)];
-        let se = vec![level(4, 8, 8), level(6, 4, 4), level(8, 2, 2)];
+        let [teacher, se, _] = random_pyramids(5);
         for fusion in [Fusion::Sum, Fusion::Mean, Fusion::Max] {
             let two = MapSettings { fusion, sigma: 1.0, levels: vec![2, 3], ..MapSettings::default() };
             let all = MapSettings { fusion, sigma: 1.0, ..MapSettings::default() };
@@ -369,6 +401,25 @@ mod tests {
             assert_eq!(chosen, coarse, "{fusion:?}");
             assert_ne!(chosen, anomaly_map(&teacher, &[&se], &all, 16, 16));
         }
+    }
+
+    #[test]
+    fn weights_scale_each_level_and_student_map() {
+        let [teacher, se, sd] = random_pyramids(9);
+        // Only level 2's Sd map, doubled: `weights[level * students + student]`.
+        let weights = vec![0.0, 0.0, 0.0, 2.0, 0.0, 0.0];
+        for fusion in [Fusion::Sum, Fusion::Max] {
+            let settings = MapSettings { fusion, sigma: 1.0, weights: weights.clone(), ..MapSettings::default() };
+            assert!(settings.check_weights(3, 2).is_ok());
+            let got = anomaly_map(&teacher, &[&se, &sd], &settings, 16, 16);
+            let mut want = upsample_bilinear(&cosine_distance(&teacher[1], &sd[1]), 16, 16);
+            scale(&mut want, 2.0);
+            let want = gaussian_blur(&want, 1.0);
+            let worst = got.data.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-5, "{fusion:?}: {worst}");
+        }
+        let wrong = MapSettings { weights: vec![1.0; 3], ..MapSettings::default() };
+        assert!(wrong.check_weights(3, 2).unwrap_err().contains("3 map weights for 3 levels x 2 students"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use ndarray::{Array2, ArrayView2, Axis};
 use super::anomaly_map::{self, FeatureMap, Map};
 use super::{Detector, level_shapes};
 use crate::augment::Augment;
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, ScaleFusion};
 use crate::preprocess;
 use crate::synth::Rng;
 
@@ -361,11 +361,14 @@ pub struct Hybrid {
     pub half: Option<HalfBank>,
 }
 
-/// The half-scale bank and its map's divisor.
+/// The half-scale bank, its map's divisor, and how that map joins the full-size one
+/// (`max`: `max(full, half / divisor + offset)`; `sum`: `full + half / divisor`).
 #[derive(Debug, Clone)]
 pub struct HalfBank {
     pub bank: MemoryBank,
     pub divisor: f32,
+    pub fusion: ScaleFusion,
+    pub offset: f32,
 }
 
 /// What each map of the hybrid is divided by before the two are added, from its image scores
@@ -382,7 +385,8 @@ pub enum Divisor {
 }
 
 impl Divisor {
-    fn of(self, v: &[f32]) -> f32 {
+    /// The divisor of a set of scores (never below 1e-9).
+    pub fn of(self, v: &[f32]) -> f32 {
         let n = v.len().max(1) as f32;
         let mean = v.iter().sum::<f32>() / n;
         let d = match self {
@@ -401,9 +405,21 @@ impl Hybrid {
         Self { bank, students_divisor: by.of(students_scores), knn_divisor, half: None }
     }
 
-    /// Adds the half-scale bank, its divisor from its map's held-out normal scores.
+    /// Adds the half-scale bank, its divisor from its map's held-out normal scores, joined by
+    /// `sum`. For `max`, see [`Self::with_half_max`].
     pub fn with_half(self, bank: MemoryBank, scores: &[f32], by: Divisor) -> Self {
-        Self { half: Some(HalfBank { bank, divisor: by.of(scores) }), ..self }
+        let half = HalfBank { bank, divisor: by.of(scores), fusion: ScaleFusion::Sum, offset: 0.0 };
+        Self { half: Some(half), ..self }
+    }
+
+    /// Adds the half-scale bank joined by `max`: `scores` are its map's held-out normal image
+    /// scores, `full` the full-size hybrid map's on the same images; the half-scale map is
+    /// brought to the full-size one's mean and spread on them.
+    pub fn with_half_max(self, bank: MemoryBank, scores: &[f32], full: &[f32]) -> Self {
+        let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
+        let divisor = Divisor::Spread.of(scores) / Divisor::Spread.of(full);
+        let offset = mean(full) - mean(scores) / divisor;
+        Self { half: Some(HalfBank { bank, divisor, fusion: ScaleFusion::Max, offset }), ..self }
     }
 
     /// The bundle's `[memory_bank]`, checked against its manifest; `None` without one.
@@ -419,6 +435,8 @@ impl Hybrid {
             Some(h) => Some(HalfBank {
                 bank: MemoryBank::read(&bundle.path(&h.file), spec.levels.clone(), h.rows, h.dims)?,
                 divisor: h.knn_divisor,
+                fusion: h.fusion,
+                offset: h.offset,
             }),
         };
         Ok(Some(Self { bank, students_divisor: spec.students_divisor, knn_divisor: spec.knn_divisor, half }))
@@ -433,8 +451,8 @@ impl Hybrid {
         self.fuse_maps(students, &knn, half.as_ref())
     }
 
-    /// `students / students_divisor + knn / knn_divisor (+ half / half's divisor)` of maps of
-    /// one size.
+    /// `students / students_divisor + knn / knn_divisor` of maps of one size, joined with the
+    /// half-scale map as [`HalfBank`] says.
     pub fn fuse_maps(&self, students: Map, knn: &Map, half: Option<&Map>) -> Map {
         let mut data: Vec<f32> = students
             .data
@@ -443,7 +461,11 @@ impl Hybrid {
             .map(|(s, k)| s / self.students_divisor + k / self.knn_divisor)
             .collect();
         if let (Some(b), Some(m)) = (&self.half, half) {
-            data.iter_mut().zip(&m.data).for_each(|(v, k)| *v += k / b.divisor);
+            let values = data.iter_mut().zip(&m.data);
+            match b.fusion {
+                ScaleFusion::Sum => values.for_each(|(v, k)| *v += k / b.divisor),
+                ScaleFusion::Max => values.for_each(|(v, k)| *v = v.max(k / b.divisor + b.offset)),
+            }
         }
         Map { data, ..students }
     }
@@ -473,6 +495,23 @@ mod tests {
         assert_eq!((mean.students_divisor, mean.knn_divisor), (2.0, 13.0));
         let spread = Hybrid::new(bank(), &students, &knn, 2.0, Divisor::Spread);
         assert_eq!((spread.students_divisor, spread.knn_divisor), (1.0, 1.5));
+    }
+
+    #[test]
+    fn max_scale_fusion_brings_the_half_map_to_the_full_maps_statistics() {
+        let bank = || MemoryBank::new(vec![2, 3], Array2::zeros((1, 2)));
+        let hybrid = Hybrid::new(bank(), &[1.0, 3.0], &[1.0, 3.0], 1.0, Divisor::Spread);
+        // Half-scale normals score 10 or 14 (mean 12, spread 2), the full map 5 or 6.
+        let (half, full) = ([10.0, 14.0], [5.0, 6.0]);
+        let b = hybrid.with_half_max(bank(), &half, &full).half.unwrap();
+        let moved: Vec<f32> = half.iter().map(|k| k / b.divisor + b.offset).collect();
+        assert_eq!(moved, vec![5.0, 6.0]);
+        let hybrid = Hybrid { half: Some(b), ..Hybrid::new(bank(), &[1.0, 3.0], &[1.0, 3.0], 1.0, Divisor::Spread) };
+        let flat = |v: f32| Map { data: vec![v; 4], height: 2, width: 2 };
+        // Students 1 and knn 1, each divided by 1: the full map is 2; half 14 moves to 6.
+        assert_eq!(hybrid.fuse_maps(flat(1.0), &flat(1.0), Some(&flat(14.0))).data, vec![6.0; 4]);
+        assert_eq!(hybrid.fuse_maps(flat(1.0), &flat(1.0), Some(&flat(10.0))).data, vec![5.0; 4]);
+        assert_eq!(hybrid.fuse_maps(flat(3.0), &flat(3.0), Some(&flat(10.0))).data, vec![6.0; 4]);
     }
 
     #[test]

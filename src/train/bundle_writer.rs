@@ -13,13 +13,16 @@ use anyhow::{Context, Result, bail};
 use super::export::{self, INPUT, LEVELS};
 use super::onnx::OnnxGraph;
 use super::quantize;
-use super::trainer::{TrainOptions, Trained, burn_features, burn_half_teacher, load_inputs, progress_bar};
+use super::trainer::{
+    LevelWeights, TrainOptions, Trained, burn_features, burn_half_teacher, load_inputs, progress_bar,
+};
 use crate::bundle::{
-    self, Bundle, Calibration, GoldenSample, GraphSet, Graphs, HalfScaleBank, Info, Manifest, MemoryBankSpec, Teacher,
+    self, Bundle, Calibration, GoldenSample, GraphSet, Graphs, HalfScaleBank, Info, Manifest, MemoryBankSpec,
+    ScaleFusion, Teacher,
 };
 use crate::calibrate::calibrate;
 use crate::detector::anomaly_map::{self, FeatureMap};
-use crate::detector::memory_bank::{FitOptions, Hybrid, MemoryBank};
+use crate::detector::memory_bank::{Divisor, FitOptions, Hybrid, MemoryBank};
 use crate::detector::{Detector, Precision, Probe, Timings};
 use crate::preprocess;
 use crate::tiling;
@@ -188,6 +191,39 @@ fn write_golden(dir: &Path, t: &Trained, opts: &TrainOptions, m: &mut Manifest) 
     Ok(worst)
 }
 
+/// `--level-weights spread`: each level/student map weighted by 1 over the spread of its
+/// image scores (blurred and scored alone, as the whole map is) on the held-out normals, the
+/// weights scaled to average 1 over the levels the map reads; none (equal) with fewer than
+/// two held-out inputs. Through tract's f32 graphs, as the daemon computes the maps.
+fn level_weights(dir: &Path, t: &Trained, m: &Manifest) -> Result<Vec<f32>> {
+    let detector = Detector::load(&Bundle { dir: dir.to_owned(), manifest: m.clone() }, Precision::F32)?;
+    let (h, w) = (t.spec.height as usize, t.spec.width as usize);
+    let levels = m.teacher.channels.len();
+    let students = if m.graphs.f32.student_d.is_some() { 2 } else { 1 };
+    let mut scores = vec![Vec::new(); levels * students];
+    for path in &t.data.val {
+        for input in preprocess::to_tiles(&preprocess::load_image(path)?, &t.spec) {
+            let f = detector.features(&input, &mut Timings::default())?;
+            for (j, s) in [&f.e, &f.d].into_iter().filter(|s| !s.is_empty()).enumerate() {
+                for (i, (tf, sf)) in f.teacher.iter().zip(s.iter()).enumerate() {
+                    let map = anomaly_map::upsample_bilinear(&anomaly_map::cosine_distance(tf, sf), h, w);
+                    let map = anomaly_map::gaussian_blur(&map, m.map.sigma);
+                    scores[i * students + j].push(anomaly_map::score(&map, m.map.score));
+                }
+            }
+        }
+    }
+    if scores[0].len() < 2 {
+        // One held-out image has no spread to weigh by: the published sum.
+        return Ok(Vec::new());
+    }
+    let mut weights: Vec<f32> = scores.iter().map(|v| 1.0 / Divisor::Spread.of(v)).collect();
+    let read: Vec<usize> = (0..weights.len()).filter(|k| m.map.reads_level(k / students)).collect();
+    let mean = read.iter().map(|&k| weights[k]).sum::<f32>() / read.len().max(1) as f32;
+    weights.iter_mut().for_each(|w| *w /= mean);
+    Ok(weights)
+}
+
 /// Training features the memory bank's coreset is chosen from (a random share of every
 /// training image's positions beyond this).
 const BANK_CANDIDATES: usize = 1_000_000;
@@ -220,6 +256,9 @@ fn write_memory_bank(dir: &Path, t: &Trained, opts: &TrainOptions, m: &Manifest)
     }
     let (h, w) = (t.spec.height as usize, t.spec.width as usize);
     let (mut students, mut knn, mut knn_half) = (Vec::new(), Vec::new(), Vec::new());
+    // The full-size maps, kept for the `max` scale fusion's statistics of their sum.
+    let keep = half && opts.bank_scale_fusion == ScaleFusion::Max;
+    let mut full_maps = Vec::new();
     let (tiles, tw, th) = (&t.spec.tiles, t.spec.width, t.spec.height);
     for path in &t.data.val {
         let (mut s, mut k, mut kh) = (Vec::new(), Vec::new(), Vec::new());
@@ -231,15 +270,27 @@ fn write_memory_bank(dir: &Path, t: &Trained, opts: &TrainOptions, m: &Manifest)
                 kh.push(b.map(&f.half, h, w, m.map.sigma, 2));
             }
         }
-        students.push(anomaly_map::score(&tiling::join(s, tiles, tw, th), m.map.score));
-        knn.push(anomaly_map::score(&tiling::join(k, tiles, tw, th), m.map.score));
+        let (s, k) = (tiling::join(s, tiles, tw, th), tiling::join(k, tiles, tw, th));
+        students.push(anomaly_map::score(&s, m.map.score));
+        knn.push(anomaly_map::score(&k, m.map.score));
+        if keep {
+            full_maps.push((s, k));
+        }
         if half {
             knn_half.push(anomaly_map::score(&tiling::join(kh, tiles, tw, th), m.map.score));
         }
     }
     let mut hybrid = Hybrid::new(bank, &students, &knn, 1.0, opts.bank_divisor);
     if let Some(b) = half_bank {
-        hybrid = hybrid.with_half(b, &knn_half, opts.bank_divisor);
+        hybrid = if keep {
+            let full: Vec<f32> = full_maps
+                .into_iter()
+                .map(|(s, k)| anomaly_map::score(&hybrid.fuse_maps(s, &k, None), m.map.score))
+                .collect();
+            hybrid.with_half_max(b, &knn_half, &full)
+        } else {
+            hybrid.with_half(b, &knn_half, opts.bank_divisor)
+        };
     }
     Ok(MemoryBankSpec {
         file: BANK_FILE.into(),
@@ -253,6 +304,8 @@ fn write_memory_bank(dir: &Path, t: &Trained, opts: &TrainOptions, m: &Manifest)
             rows: b.bank.rows(),
             dims: b.bank.dims(),
             knn_divisor: b.divisor,
+            fusion: b.fusion,
+            offset: b.offset,
         }),
     })
 }
@@ -409,6 +462,9 @@ pub fn write_bundle(t: &Trained, opts: &TrainOptions) -> Result<Manifest> {
     let graphs = export(t, opts);
     let f32_set = write_graphs(dir, &graphs, "")?;
     let mut m = draft_manifest(t, opts, f32_set)?;
+    if opts.level_weights == LevelWeights::Spread {
+        m.map.weights = level_weights(dir, t, &m)?;
+    }
     if opts.memory_bank > 0 {
         if opts.bank_scales == 2 {
             m.graphs.teacher_half = Some(write_teacher_half(dir, t, opts)?);

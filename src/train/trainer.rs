@@ -72,6 +72,8 @@ pub struct TrainOptions {
     pub sd_loss: SdLoss,
     /// How maps are fused, blurred and scored (stored in the bundle).
     pub map: MapSettings,
+    /// How the level/student maps are weighted (`map.weights`, computed at export).
+    pub level_weights: LevelWeights,
     /// Entries of the hybrid map's memory bank of normal teacher features (0 = none), and
     /// the teacher levels (1-based) they come from.
     pub memory_bank: usize,
@@ -81,6 +83,8 @@ pub struct TrainOptions {
     /// Input scales the memory bank scores: 1 = the input's size, 2 = also at half size
     /// (its own bank and divisor; the teacher on the input averaged 2x2).
     pub bank_scales: u8,
+    /// How the half-scale bank's map joins the full-size map (`bank_scales` 2).
+    pub bank_scale_fusion: crate::bundle::ScaleFusion,
     /// Flipped or turned copies of the training images (students and memory bank).
     pub augment: Augment,
     pub resume: bool,
@@ -135,6 +139,28 @@ struct State {
     /// Best held-out loss so far after each epoch (for the early stop; kept across `--resume`).
     #[serde(default)]
     best_history: Vec<f32>,
+}
+
+/// How the six level/student maps are weighted in the students' map (set at export).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LevelWeights {
+    /// All 1: the published sum.
+    Equal,
+    /// Each map divided by the spread (standard deviation) of its image scores on the
+    /// held-out normals, so no one map's noise on normal images sets the tail of the normal
+    /// scores the threshold is read from (as the hybrid's divisors do for its maps). The
+    /// default: it rescued the runs whose Se came out noisy (docs/RESULTS.md §0f).
+    #[default]
+    Spread,
+}
+
+impl LevelWeights {
+    pub fn name(self) -> &'static str {
+        match self {
+            LevelWeights::Equal => "equal",
+            LevelWeights::Spread => "spread",
+        }
+    }
 }
 
 /// How the learning rate moves over the run.
