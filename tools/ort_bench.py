@@ -8,7 +8,9 @@ as tract runs one graph per thread), the anomaly map in numpy (per level and stu
 blur with reflected borders, both as separable matrix products), and the verdict (threshold,
 8-connected regions with SciPy). A bundle with a memory bank adds its kNN map as the daemon
 does (3x3 mean of the chosen teacher levels on the finest one's grid, distance to the nearest
-bank row as one matrix product, upsampled, blurred, both maps scaled by their divisors). Latency mode: 1 thread (sequential) or 2 (teacher in a second
+bank row as one matrix product, upsampled, blurred, both maps scaled by their divisors; with a
+half-scale bank its teacher graph and map too, added or joined by max as the manifest says); the
+students' map reads the manifest's levels and weights. Latency mode: 1 thread (sequential) or 2 (teacher in a second
 thread beside Se -> Sd; onnxruntime releases the GIL while it runs). Throughput mode: N worker
 threads, one frame each at a time.
 
@@ -92,21 +94,21 @@ class Pipeline:
         strides = manifest["teacher"]["strides"]
         self.up = [(bilinear_matrix(self.h // s, self.h), bilinear_matrix(self.w // s, self.w)) for s in strides]
         self.blur = (blur_matrix(self.h, self.sigma), blur_matrix(self.w, self.sigma)) if self.sigma > 0 else None
-        self.bank = None
+        # The students' map: the levels it reads (empty: all) and each level/student map's weight
+        # (`weights[level * students + student]`; empty: all 1).
+        self.map_levels = manifest["map"].get("levels", [])
+        self.map_weights = manifest["map"].get("weights", [])
+        self.bank = self.half = None
         if "memory_bank" in manifest:
             mb = manifest["memory_bank"]
-            self.bank = read_bank(bundle / mb["file"], mb["rows"], mb["dims"])
-            self.bank_sq = (self.bank * self.bank).sum(1)
-            self.bank_levels = [l - 1 for l in mb["levels"]]
+            levels = [l - 1 for l in mb["levels"]]
+            self.bank = Bank(read_bank(bundle / mb["file"], mb["rows"], mb["dims"]), levels, strides, self.h, self.w, 1)
             self.divisors = (mb["students_divisor"], mb["knn_divisor"])
-            finest = min(strides[l] for l in self.bank_levels)
-            self.bank_grid = (self.h // finest, self.w // finest)
-            self.bank_up = {
-                l: (bilinear_matrix(self.h // strides[l], self.bank_grid[0]),
-                    bilinear_matrix(self.w // strides[l], self.bank_grid[1]))
-                for l in self.bank_levels
-            }
-            self.grid_up = (bilinear_matrix(self.bank_grid[0], self.h), bilinear_matrix(self.bank_grid[1], self.w))
+            if "half" in mb:
+                hb = mb["half"]
+                self.t_half = session(bundle / manifest["graphs"]["teacher_half"])
+                self.half = Bank(read_bank(bundle / hb["file"], hb["rows"], hb["dims"]), levels, strides, self.h, self.w, 2)
+                self.half_fusion = (hb.get("fusion", "sum"), hb["knn_divisor"], hb.get("offset", 0.0))
 
     def preprocess(self, img: Image.Image) -> np.ndarray:
         img = img.convert("RGB")
@@ -133,26 +135,36 @@ class Pipeline:
         return e, d
 
     def teacher(self, x, t):
+        """The teacher's levels, and the half-scale teacher's (None without one), run one after
+        the other on one thread as the daemon does."""
         s = time.perf_counter()
         out = self.t.run(None, {"image": x})
+        half = self.t_half.run(None, {"image": x}) if self.half is not None else None
         t["teacher"] = ms(s)
-        return out
+        return out, half
 
-    def anomaly_map(self, teacher, students):
+    def anomaly_map(self, teacher, students, half_teacher):
         acc = np.zeros((self.h, self.w), np.float32)
         for i, tl in enumerate(teacher):
+            if self.map_levels and i + 1 not in self.map_levels:
+                continue
             tl = tl[0]
             tn = np.maximum(np.sqrt((tl * tl).sum(0)), 1e-8)
             level = np.zeros(tl.shape[1:], np.float32)
-            for s in students:
+            for j, s in enumerate(students):
                 sl = s[i][0]
                 sn = np.maximum(np.sqrt((sl * sl).sum(0)), 1e-8)
-                level += 1.0 - (tl * sl).sum(0) / (tn * sn)
+                w = self.map_weights[i * len(students) + j] if self.map_weights else 1.0
+                level += w * (1.0 - (tl * sl).sum(0) / (tn * sn))
             ay, ax = self.up[i]
             acc += ay @ level @ ax.T
         acc = self.blurred(acc)
         if self.bank is not None:
-            acc = acc / self.divisors[0] + self.blurred(self.knn_map(teacher)) / self.divisors[1]
+            acc = acc / self.divisors[0] + self.blurred(self.bank.map(teacher)) / self.divisors[1]
+        if self.half is not None:
+            fusion, divisor, offset = self.half_fusion
+            half = self.blurred(self.half.map(half_teacher)) / divisor
+            acc = np.maximum(acc, half + offset) if fusion == "max" else acc + half
         return acc
 
     def blurred(self, m):
@@ -160,22 +172,6 @@ class Pipeline:
             return m
         gy, gx = self.blur
         return gy @ m @ gx.T
-
-    def knn_map(self, teacher):
-        """Distance of each position's embedding to its nearest bank row, at input size."""
-        cols = []
-        for l in self.bank_levels:
-            f = teacher[l][0]
-            ones = np.ones(f.shape[1:], np.float32)
-            count = ndimage.uniform_filter(ones, 3, mode="constant")
-            pooled = ndimage.uniform_filter(f, (1, 3, 3), mode="constant") / count
-            ay, ax = self.bank_up[l]
-            cols.append(np.einsum("yi,cij,xj->yxc", ay, pooled, ax).reshape(-1, f.shape[0]))
-        q = np.concatenate(cols, 1)
-        d2 = (q * q).sum(1) + (self.bank_sq[None, :] - 2.0 * q @ self.bank.T).min(1)
-        grid = np.sqrt(np.maximum(d2, 0.0)).reshape(self.bank_grid).astype(np.float32)
-        uy, ux = self.grid_up
-        return uy @ grid @ ux.T
 
     def verdict(self, amap, src_w, src_h):
         score = float(amap.max())
@@ -203,19 +199,47 @@ class Pipeline:
         if parallel is not None:
             fut = parallel.submit(self.teacher, x, t)
             e, d = self.students(x, t)
-            teacher = fut.result()
+            teacher, half = fut.result()
         else:
-            teacher = self.teacher(x, t)
+            teacher, half = self.teacher(x, t)
             e, d = self.students(x, t)
         t["networks"] = ms(s)
         s = time.perf_counter()
-        amap = self.anomaly_map(teacher, [e, d] if d else [e])
+        amap = self.anomaly_map(teacher, [e, d] if d else [e], half)
         t["map"] = ms(s)
         s = time.perf_counter()
         self.score, _ = self.verdict(amap, *img.size)
         t["verdict"] = ms(s)
         t["total"] = ms(start)
         return t
+
+
+class Bank:
+    """A memory bank's map as the daemon computes it: the chosen teacher levels (at `scale`:
+    2 for the half-scale teacher) 3x3-averaged on the finest one's grid, each position's
+    distance to its nearest row as one matrix product, upsampled to the input size."""
+
+    def __init__(self, rows: np.ndarray, levels, strides, h: int, w: int, scale: int):
+        self.rows, self.rows_sq, self.levels = rows, (rows * rows).sum(1), levels
+        sizes = {l: (h // (strides[l] * scale), w // (strides[l] * scale)) for l in levels}
+        self.grid = sizes[min(levels, key=lambda l: strides[l])]
+        self.up = {l: (bilinear_matrix(sizes[l][0], self.grid[0]), bilinear_matrix(sizes[l][1], self.grid[1])) for l in levels}
+        self.grid_up = (bilinear_matrix(self.grid[0], h), bilinear_matrix(self.grid[1], w))
+
+    def map(self, teacher):
+        cols = []
+        for l in self.levels:
+            f = teacher[l][0]
+            ones = np.ones(f.shape[1:], np.float32)
+            count = ndimage.uniform_filter(ones, 3, mode="constant")
+            pooled = ndimage.uniform_filter(f, (1, 3, 3), mode="constant") / count
+            ay, ax = self.up[l]
+            cols.append(np.einsum("yi,cij,xj->yxc", ay, pooled, ax).reshape(-1, f.shape[0]))
+        q = np.concatenate(cols, 1)
+        d2 = (q * q).sum(1) + (self.rows_sq[None, :] - 2.0 * q @ self.rows.T).min(1)
+        grid = np.sqrt(np.maximum(d2, 0.0)).reshape(self.grid).astype(np.float32)
+        uy, ux = self.grid_up
+        return uy @ grid @ ux.T
 
 
 def read_bank(path: Path, rows: int, dims: int) -> np.ndarray:
