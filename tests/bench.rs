@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
+mod cpu;
 
 /// The precisions a bundle has graphs for.
 fn precisions(bundle: &Path) -> Vec<&'static str> {
@@ -88,8 +89,8 @@ fn bench_checks(bundle: &Path) {
     }
     // Same frame, same graphs, same map definition: the same score (f32 exactly up to float
     // rounding; int8 within onnxruntime's and tract's different integer arithmetic, where this
-    // CPU's onnxruntime int8 kernels do not saturate: `common::onnxruntime_int8_is_exact`).
-    let int8 = common::onnxruntime_int8_is_exact();
+    // CPU's onnxruntime int8 kernels do not saturate: `cpu::onnxruntime_int8_is_exact`).
+    let int8 = cpu::onnxruntime_int8_is_exact();
     for (p, tol) in [("f32", 1e-3), ("int8", 0.05)].into_iter().filter(|(p, _)| ps.contains(p) && (int8 || *p == "f32"))
     {
         let score =

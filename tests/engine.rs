@@ -10,6 +10,7 @@ use dskd::bundle::Bundle;
 use dskd::detector::{Detector, Engine, Precision};
 
 mod common;
+mod cpu;
 
 fn onnxruntime() -> Engine {
     let lib = std::env::var_os("ORT_DYLIB_PATH")
@@ -58,8 +59,8 @@ fn engine_checks(bundle: &Bundle) {
                 }
                 // Integer kernels (onnxruntime) against tract's float QDQ: the bundle's int8
                 // tolerance, the bound its golden check already holds both to, where this
-                // CPU's int8 kernels do not saturate (`common::onnxruntime_int8_is_exact`).
-                Precision::Int8 if common::onnxruntime_int8_is_exact() => {
+                // CPU's int8 kernels do not saturate (`cpu::onnxruntime_int8_is_exact`).
+                Precision::Int8 if cpu::onnxruntime_int8_is_exact() => {
                     let tol = bundle.manifest.golden.tolerance_int8;
                     assert!(err <= tol, "{}: int8 maps differ by {err:.2e} of peak (bound {tol})", sample.image);
                 }
@@ -70,7 +71,7 @@ fn engine_checks(bundle: &Bundle) {
     match dskd::verify::verify_on(&bundle.dir, &engine) {
         Ok(checks) => assert!(checks.iter().all(|c| c.engine == "onnxruntime" && c.ok), "{checks:?}"),
         // Saturating int8 kernels: the golden check must catch them, naming the precision.
-        Err(e) if !common::onnxruntime_int8_is_exact() && bundle.manifest.graphs.int8.is_some() => {
+        Err(e) if !cpu::onnxruntime_int8_is_exact() && bundle.manifest.graphs.int8.is_some() => {
             let e = format!("{e:#}");
             assert!(e.contains("Int8 map differs from the golden map"), "{e}");
         }
