@@ -98,6 +98,13 @@ pub struct GraphSet {
     pub student_d: Option<String>,
 }
 
+impl GraphSet {
+    /// How many students the map compares with the teacher: 2 (DSKD) or 1 (S-T).
+    pub fn students(&self) -> usize {
+        if self.student_d.is_some() { 2 } else { 1 }
+    }
+}
+
 /// A memory bank of normal teacher features (`detector::memory_bank`). The bundle's map is
 /// then `students / students_divisor + knn / knn_divisor`: each divisor is its map's mean
 /// image score on the held-out normals, so both weigh alike whatever their units.
@@ -309,8 +316,7 @@ pub fn parse_manifest(path: PathBuf, text: &str) -> Result<Manifest, BundleError
     manifest.input.validate().map_err(|e| BundleError::Manifest { path: path.clone(), message: e.to_string() })?;
     let levels = manifest.map.check_levels(manifest.teacher.channels.len());
     levels.map_err(|e| BundleError::Manifest { path: path.clone(), message: format!("[map] levels {e}") })?;
-    let students = if manifest.graphs.f32.student_d.is_some() { 2 } else { 1 };
-    let weights = manifest.map.check_weights(manifest.teacher.channels.len(), students);
+    let weights = manifest.map.check_weights(manifest.teacher.channels.len(), manifest.graphs.f32.students());
     weights.map_err(|e| BundleError::Manifest { path, message: format!("[map] weights: {e}") })?;
     Ok(manifest)
 }

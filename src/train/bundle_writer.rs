@@ -199,7 +199,7 @@ fn level_weights(dir: &Path, t: &Trained, m: &Manifest) -> Result<Vec<f32>> {
     let detector = Detector::load(&Bundle { dir: dir.to_owned(), manifest: m.clone() }, Precision::F32)?;
     let (h, w) = (t.spec.height as usize, t.spec.width as usize);
     let levels = m.teacher.channels.len();
-    let students = if m.graphs.f32.student_d.is_some() { 2 } else { 1 };
+    let students = m.graphs.f32.students();
     let mut scores = vec![Vec::new(); levels * students];
     for path in &t.data.val {
         for input in preprocess::to_tiles(&preprocess::load_image(path)?, &t.spec) {

@@ -154,15 +154,6 @@ pub enum LevelWeights {
     Spread,
 }
 
-impl LevelWeights {
-    pub fn name(self) -> &'static str {
-        match self {
-            LevelWeights::Equal => "equal",
-            LevelWeights::Spread => "spread",
-        }
-    }
-}
-
 /// How the learning rate moves over the run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LrSchedule {
