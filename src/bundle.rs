@@ -12,6 +12,8 @@
 //!   memory_bank.safetensors  optional: normal teacher features for the hybrid map
 //!   teacher_half.onnx, memory_bank_half.safetensors
 //!                         optional: the same at half the input's size (2x2 averaged in the graph)
+//!   image_gaussian.safetensors
+//!                         optional: the normal images' teacher statistics (mean, precision)
 //! ```
 //!
 //! The trainer does the heavy work; the daemon only hashes, loads and checks (`dskd verify`).
@@ -42,6 +44,10 @@ pub struct Manifest {
     /// The hybrid map's memory bank of normal teacher features, when the bundle has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bank: Option<MemoryBankSpec>,
+    /// The image score's second term: the distance of the image's teacher statistics to the
+    /// normal images' Gaussian, when the bundle has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_gaussian: Option<ImageGaussianSpec>,
     pub calibration: Calibration,
     pub golden: Golden,
     /// sha256 (hex) of every file in the bundle except the manifest, by relative path.
@@ -123,6 +129,33 @@ pub struct MemoryBankSpec {
     /// is added to the other two, divided by its own divisor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub half: Option<HalfScaleBank>,
+}
+
+/// The image Gaussian (`detector::image_gaussian`): the image score is then the map's score
+/// plus `scale · (distance − offset)`, `distance` the Mahalanobis distance of the image's
+/// teacher statistics (every level's per-channel mean and standard deviation) to the
+/// training images'; `offset` and `scale` bring it to the map score's mean and spread on the
+/// held-out normals. Each precision has its own fit, from its own teacher graph's features
+/// (int8 features are offset from f32's by more than the Gaussian's normal spread).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageGaussianSpec {
+    /// Twice the teacher's channels summed over its levels.
+    pub dims: usize,
+    pub f32: GaussianFit,
+    /// Present when the bundle keeps int8 graphs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<GaussianFit>,
+}
+
+/// One precision's image Gaussian.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GaussianFit {
+    /// safetensors file with f32 tensors `mean` `[dims]` and `precision` `[dims, dims]`.
+    pub file: String,
+    pub offset: f32,
+    pub scale: f32,
 }
 
 /// The half-scale bank: entries from the teacher on the input averaged 2x2 (the graph
@@ -282,6 +315,9 @@ impl Bundle {
             names.extend(b.half.as_ref().map(|h| h.file.clone()));
         }
         names.extend(m.graphs.teacher_half.clone());
+        if let Some(g) = &m.image_gaussian {
+            names.extend(std::iter::once(&g.f32).chain(g.int8.as_ref()).map(|f| f.file.clone()));
+        }
         names
     }
 

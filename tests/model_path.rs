@@ -76,6 +76,7 @@ fn fixture() -> &'static Fixture {
             bank_divisor: Default::default(),
             bank_scales: 1,
             bank_scale_fusion: Default::default(),
+            image_gaussian: false,
             augment: dskd::augment::Augment::None,
             sd_loss: dskd::train::loss::SdLoss::Pixel,
             lr_schedule: dskd::train::trainer::LrSchedule::Constant,
@@ -262,6 +263,7 @@ fn resnet18_teacher_trains_and_exports_with_parity() {
         bank_divisor: Default::default(),
         bank_scales: 1,
         bank_scale_fusion: Default::default(),
+        image_gaussian: false,
         augment: dskd::augment::Augment::None,
         sd_loss: dskd::train::loss::SdLoss::Pixel,
         lr_schedule: dskd::train::trainer::LrSchedule::Constant,
@@ -609,4 +611,42 @@ fn a_half_scale_bank_is_exported_hashed_and_served_with_parity() {
     orphan.manifest.graphs.teacher_half = None;
     let err = Detector::load(&orphan, Precision::F32).err().expect("a half bank without its graph is refused");
     assert!(err.to_string().contains("teacher_half"), "{err}");
+}
+
+/// `--image-gaussian true`: the Gaussian of the training images' teacher statistics (one fit
+/// per precision) is written and hashed with the bundle, the daemon's score (map peak plus the Gaussian's term,
+/// through tract) reproduces the trainer's golden score within the f32 tolerance
+/// (`short_bundle` verifies it), the term leaves the map alone and lifts a frame whose
+/// surface as a whole is unlike the training images', and a manifest whose Gaussian does not
+/// fit the teacher is refused.
+#[test]
+fn an_image_gaussian_is_exported_hashed_and_served_with_parity() {
+    let dir = tempfile::tempdir().unwrap();
+    let (opts, m) = short_bundle(dir.path(), trainer::TrainOptions { image_gaussian: true, ..fixture().opts.clone() });
+    let spec = m.image_gaussian.clone().expect("manifest has the image Gaussian");
+    assert_eq!(spec.dims, 2 * m.teacher.channels.iter().sum::<usize>());
+    assert!(spec.f32.scale > 0.0 && spec.f32.offset > 0.0, "{spec:?}");
+    assert!(m.files.contains_key(&spec.f32.file), "the Gaussian's file is hashed");
+    // int8 graphs bring their own fit (their features sit elsewhere); none without them.
+    assert_eq!(spec.int8.is_some(), m.graphs.int8.is_some(), "{spec:?}");
+    assert!(spec.int8.iter().all(|fit| m.files.contains_key(&fit.file) && fit.file != spec.f32.file));
+
+    let with = Detector::load(&Bundle::open(&opts.out).unwrap(), Precision::F32).unwrap();
+    let mut plain = Bundle::open(&opts.out).unwrap();
+    plain.manifest.image_gaussian = None;
+    let without = Detector::load(&plain, Precision::F32).unwrap();
+    let normal = dskd::preprocess::load_image(&fixture().data.join("test/good/000.png")).unwrap();
+    let grey = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(64, 64, image::Rgb([40, 40, 40])));
+    let lift = |img: &image::DynamicImage| {
+        let (a, b) = (with.inspect(img).unwrap(), without.inspect(img).unwrap());
+        assert_eq!(a.map.data, b.map.data, "the Gaussian changed the map");
+        a.verdict.score - b.verdict.score
+    };
+    let (normal_lift, grey_lift) = (lift(&normal), lift(&grey));
+    assert!(grey_lift > normal_lift + spec.f32.scale, "a flat grey frame: {grey_lift}, a normal one: {normal_lift}");
+
+    let mut wrong = Bundle::open(&opts.out).unwrap();
+    wrong.manifest.image_gaussian.as_mut().unwrap().dims += 2;
+    let err = Detector::load(&wrong, Precision::F32).err().expect("a Gaussian of the wrong size is refused");
+    assert!(err.to_string().contains("dimensions"), "{err}");
 }

@@ -10,7 +10,9 @@ blur with reflected borders, both as separable matrix products), and the verdict
 does (3x3 mean of the chosen teacher levels on the finest one's grid, distance to the nearest
 bank row as one matrix product, upsampled, blurred, both maps scaled by their divisors; with a
 half-scale bank its teacher graph and map too, added or joined by max as the manifest says); the
-students' map reads the manifest's levels and weights. Latency mode: 1 thread (sequential) or 2 (teacher in a second
+students' map reads the manifest's levels and weights. A bundle with an image Gaussian adds
+its term to the score (each teacher channel's mean and standard deviation over positions, the
+Mahalanobis distance to the Gaussian, offset and scaled). Latency mode: 1 thread (sequential) or 2 (teacher in a second
 thread beside Se -> Sd; onnxruntime releases the GIL while it runs). Throughput mode: N worker
 threads, one frame each at a time.
 
@@ -109,6 +111,12 @@ class Pipeline:
                 self.t_half = session(bundle / manifest["graphs"]["teacher_half"])
                 self.half = Bank(read_bank(bundle / hb["file"], hb["rows"], hb["dims"]), levels, strides, self.h, self.w, 2)
                 self.half_fusion = (hb.get("fusion", "sum"), hb["knn_divisor"], hb.get("offset", 0.0))
+        self.gaussian = None
+        if "image_gaussian" in manifest:
+            g = manifest["image_gaussian"]
+            p = g["dims"]
+            self.gaussian = (read_tensor(bundle / g["file"], "mean", (p,)),
+                             read_tensor(bundle / g["file"], "precision", (p, p)), g["offset"], g["scale"])
 
     def preprocess(self, img: Image.Image) -> np.ndarray:
         img = img.convert("RGB")
@@ -167,14 +175,26 @@ class Pipeline:
             acc = np.maximum(acc, half + offset) if fusion == "max" else acc + half
         return acc
 
+    def image_score(self, amap, teacher) -> float:
+        """The map's peak, plus the image Gaussian's term when the bundle has one."""
+        score = float(amap.max())
+        if self.gaussian is None:
+            return score
+        mean, precision, offset, scale = self.gaussian
+        stats = []
+        for f in teacher:
+            f = f[0].reshape(f.shape[1], -1).astype(np.float64)
+            stats += [f.mean(1), f.std(1)]
+        d = np.concatenate(stats).astype(np.float32) - mean
+        return score + scale * (math.sqrt(max(float(d @ precision @ d), 0.0)) - offset)
+
     def blurred(self, m):
         if self.blur is None:
             return m
         gy, gx = self.blur
         return gy @ m @ gx.T
 
-    def verdict(self, amap, src_w, src_h):
-        score = float(amap.max())
+    def verdict(self, amap, score, src_w, src_h):
         regions = []
         if score >= self.threshold:
             labels, _ = ndimage.label(amap >= self.pixel_threshold, structure=np.ones((3, 3)))
@@ -206,9 +226,10 @@ class Pipeline:
         t["networks"] = ms(s)
         s = time.perf_counter()
         amap = self.anomaly_map(teacher, [e, d] if d else [e], half)
+        score = self.image_score(amap, teacher)
         t["map"] = ms(s)
         s = time.perf_counter()
-        self.score, _ = self.verdict(amap, *img.size)
+        self.score, _ = self.verdict(amap, score, *img.size)
         t["verdict"] = ms(s)
         t["total"] = ms(start)
         return t
@@ -244,11 +265,15 @@ class Bank:
 
 def read_bank(path: Path, rows: int, dims: int) -> np.ndarray:
     """The f32 tensor `bank` of a safetensors file."""
+    return read_tensor(path, "bank", (rows, dims))
+
+
+def read_tensor(path: Path, name: str, shape) -> np.ndarray:
+    """The f32 tensor `name` of a safetensors file, in `shape`."""
     raw = path.read_bytes()
     n = int.from_bytes(raw[:8], "little")
-    meta = json.loads(raw[8 : 8 + n])["bank"]
-    start, end = meta["data_offsets"]
-    return np.frombuffer(raw[8 + n + start : 8 + n + end], np.float32).reshape(rows, dims)
+    start, end = json.loads(raw[8 : 8 + n])[name]["data_offsets"]
+    return np.frombuffer(raw[8 + n + start : 8 + n + end], np.float32).reshape(shape)
 
 
 def ms(since: float) -> float:

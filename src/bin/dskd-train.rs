@@ -153,6 +153,14 @@ struct Args {
     /// held-out normals).
     #[arg(long, value_enum, default_value_t = ScaleFusion::Sum)]
     bank_scale_fusion: ScaleFusion,
+    /// Add to the map's score the distance of the image's teacher statistics (every level's
+    /// per-channel mean and standard deviation) to a Gaussian of the training images', brought
+    /// to the map score's spread on the held-out normals: catches defects that change the
+    /// surface as a whole (on Magnetic Tile +0.04 image AUROC; on small, faint defects
+    /// −0.01 to −0.03: docs/RESULTS.md §0g). Built at export (also with --export-only);
+    /// `false`: the map's score alone.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    image_gaussian: bool,
     /// Also train (and bank) flipped copies of each good image (`flip`: 4 copies), or every
     /// flip and quarter turn (`rotate`: 8). For surfaces with no up or left (tiles, sheet,
     /// fabric); leave off for objects with an orientation. An epoch passes every copy.
@@ -313,6 +321,7 @@ fn run(args: Args) -> Result<()> {
         bank_divisor: args.bank_divisor,
         bank_scales: args.bank_scales,
         bank_scale_fusion: args.bank_scale_fusion,
+        image_gaussian: args.image_gaussian,
         augment: args.augment,
         resume: args.resume,
         time_budget_s: args.time_budget.map(|m| m * 60.0),

@@ -5,10 +5,12 @@
 //! as an option). At load it pins every graph's input shapes from the manifest and makes the
 //! graphs runnable once; a frame then runs the teacher on
 //! one thread while the Se -> Sd chain runs on another (docs/ARCHITECTURE.md §6), and the anomaly map is
-//! built from the three sets of features by [`anomaly_map`].
+//! built from the three sets of features by [`anomaly_map`]; the image's score is the map's,
+//! plus, when the bundle has one, the [`image_gaussian`] distance of the teacher's statistics.
 
 pub mod anomaly_map;
 pub mod engine;
+pub mod image_gaussian;
 pub mod memory_bank;
 pub mod profile;
 pub mod verdict;
@@ -27,6 +29,7 @@ use anomaly_map::{FeatureMap, Map};
 pub use engine::tract::Probe;
 pub use engine::{Engine, Layout};
 use engine::{GraphRunner, Output};
+use image_gaussian::ImageGaussian;
 use memory_bank::Hybrid;
 use verdict::Verdict;
 
@@ -67,6 +70,8 @@ pub enum DetectorError {
     Shape { graph: String, index: usize, found: Vec<usize>, expected: [usize; 3] },
     #[error(transparent)]
     MemoryBank(#[from] memory_bank::MemoryBankError),
+    #[error(transparent)]
+    ImageGaussian(#[from] image_gaussian::ImageGaussianError),
     #[error("this dskd was built without the {engine} engine (cargo feature `{engine}`)")]
     EngineMissing { engine: &'static str },
     #[error("onnxruntime engine: {message}")]
@@ -153,6 +158,8 @@ pub struct Detector {
     teacher_half: Option<Graph>,
     /// The hybrid map's bank and divisors, when the bundle has one.
     memory_bank: Option<Hybrid>,
+    /// The image score's Gaussian of teacher statistics, when the bundle has one.
+    image_gaussian: Option<ImageGaussian>,
     levels: Vec<[usize; 3]>,
     /// `teacher_half`'s level shapes: half of `levels`' grids.
     half_levels: Vec<[usize; 3]>,
@@ -217,6 +224,7 @@ impl Detector {
                 .map(|f| graph(f, std::slice::from_ref(&image)))
                 .transpose()?,
             memory_bank: Hybrid::load(bundle)?,
+            image_gaussian: ImageGaussian::load(bundle, precision)?,
             half_levels: levels.iter().map(|&[c, h, w]| [c, h / 2, w / 2]).collect(),
             levels,
             engine: engine.name(),
@@ -332,6 +340,15 @@ impl Detector {
 
     /// The anomaly map and its score for one preprocessed input tensor.
     pub fn map(&self, input: &[f32], t: &mut Timings) -> Result<(Map, f32), DetectorError> {
+        let (map, distance) = self.input_map(input, t)?;
+        let s = Instant::now();
+        let score = self.image_score(&map, distance);
+        t.map_ms += ms(s);
+        Ok((map, score))
+    }
+
+    /// The anomaly map of one input and its image Gaussian distance (`None` without one).
+    fn input_map(&self, input: &[f32], t: &mut Timings) -> Result<(Map, Option<f32>), DetectorError> {
         let f = self.features(input, t)?;
         let s = Instant::now();
         let mut map = self.students_map(&f.teacher, &f.e, &f.d);
@@ -340,9 +357,19 @@ impl Detector {
             let threads = if self.parallel { 2 } else { 1 };
             map = hybrid.fuse(map, &f.teacher, &f.half, self.manifest.map.sigma, threads);
         }
-        let score = anomaly_map::score(&map, self.manifest.map.score);
+        let distance = self.image_gaussian.as_ref().map(|g| g.distance(&image_gaussian::statistics(&f.teacher)));
         t.map_ms = ms(s);
-        Ok((map, score))
+        Ok((map, distance))
+    }
+
+    /// The image score: the map's, joined with the image Gaussian's distance when the bundle
+    /// has one (a tiled frame's: the largest of its tiles').
+    pub fn image_score(&self, map: &Map, distance: Option<f32>) -> f32 {
+        let score = anomaly_map::score(map, self.manifest.map.score);
+        match (&self.image_gaussian, distance) {
+            (Some(g), Some(d)) => g.fuse(score, d),
+            _ => score,
+        }
     }
 
     /// The anomaly map (at the input's canvas size) and its score for one decoded image:
@@ -356,14 +383,17 @@ impl Detector {
             return self.map(input, t);
         }
         let mut maps = Vec::with_capacity(inputs.len());
+        let mut distance: Option<f32> = None;
         for input in &inputs {
             let mut tile = Timings::default();
-            maps.push(self.map(input, &mut tile)?.0);
+            let (map, d) = self.input_map(input, &mut tile)?;
+            maps.push(map);
+            distance = d.map(|d| distance.map_or(d, |m| m.max(d)));
             t.add_networks(&tile);
         }
         let s = Instant::now();
         let map = tiling::stitch(&maps, &spec.tiles, spec.width, spec.height);
-        let score = anomaly_map::score(&map, self.manifest.map.score);
+        let score = self.image_score(&map, distance);
         t.map_ms += ms(s);
         Ok((map, score))
     }

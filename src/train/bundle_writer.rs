@@ -17,11 +17,12 @@ use super::trainer::{
     LevelWeights, TrainOptions, Trained, burn_features, burn_half_teacher, load_inputs, progress_bar,
 };
 use crate::bundle::{
-    self, Bundle, Calibration, GoldenSample, GraphSet, Graphs, HalfScaleBank, Info, Manifest, MemoryBankSpec,
-    ScaleFusion, Teacher,
+    self, Bundle, Calibration, GaussianFit, GoldenSample, GraphSet, Graphs, HalfScaleBank, ImageGaussianSpec, Info,
+    Manifest, MemoryBankSpec, ScaleFusion, Teacher,
 };
 use crate::calibrate::calibrate;
 use crate::detector::anomaly_map::{self, FeatureMap};
+use crate::detector::image_gaussian::{self, ImageGaussian};
 use crate::detector::memory_bank::{Divisor, FitOptions, Hybrid, MemoryBank};
 use crate::detector::{Detector, Precision, Probe, Timings};
 use crate::preprocess;
@@ -124,6 +125,7 @@ fn draft_manifest(t: &Trained, opts: &TrainOptions, f32_set: GraphSet) -> Result
         },
         map: opts.map.clone(),
         memory_bank: None,
+        image_gaussian: None,
         calibration: Calibration {
             threshold: f32::INFINITY,
             target_false_alarm_rate: opts.false_alarm_rate,
@@ -153,13 +155,17 @@ fn write_golden(dir: &Path, t: &Trained, opts: &TrainOptions, m: &mut Manifest) 
     std::fs::create_dir_all(dir.join("golden"))?;
     let device = opts.device.clone();
     let hybrid = Hybrid::load(&Bundle { dir: dir.to_owned(), manifest: m.clone() })?;
+    let gaussian = ImageGaussian::load(&Bundle { dir: dir.to_owned(), manifest: m.clone() }, Precision::F32)?;
     for (i, path) in t.data.val.iter().take(opts.golden.max(1)).enumerate() {
         let img = preprocess::load_image(path)?;
         let rgb = preprocess::resize_rgb(&img, &t.spec.canvas_spec());
         let (h, w) = (t.spec.height as usize, t.spec.width as usize);
-        let mut maps = Vec::new();
+        let (mut maps, mut distance) = (Vec::new(), f32::NEG_INFINITY);
         for input in preprocess::to_tiles(&image::DynamicImage::ImageRgb8(rgb.clone()), &t.spec) {
             let [teacher, e, d] = burn_features(t, &input, &device);
+            if let Some(g) = &gaussian {
+                distance = distance.max(g.distance(&image_gaussian::statistics(&teacher)));
+            }
             let students: Vec<&[FeatureMap]> = [&e[..], &d[..]].into_iter().filter(|s| !s.is_empty()).collect();
             let map = anomaly_map::anomaly_map(&teacher, &students, &m.map, h, w);
             maps.push(match &hybrid {
@@ -171,10 +177,11 @@ fn write_golden(dir: &Path, t: &Trained, opts: &TrainOptions, m: &mut Manifest) 
             });
         }
         let map = tiling::join(maps, &t.spec.tiles, t.spec.width, t.spec.height);
+        let score = anomaly_map::score(&map, m.map.score);
         let sample = GoldenSample {
             image: format!("golden/{i:02}.png"),
             map: format!("golden/{i:02}.map.f32"),
-            score: anomaly_map::score(&map, m.map.score),
+            score: gaussian.as_ref().map_or(score, |g| g.fuse(score, distance)),
         };
         rgb.save(dir.join(&sample.image)).with_context(|| format!("writing {}", dir.join(&sample.image).display()))?;
         bundle::write_map(&dir.join(&sample.map), &map)?;
@@ -310,6 +317,52 @@ fn write_memory_bank(dir: &Path, t: &Trained, opts: &TrainOptions, m: &Manifest)
     })
 }
 
+/// `--image-gaussian`: the Gaussian of the training images' teacher statistics (every tile's,
+/// through tract's teacher graph of `precision`, as the daemon computes them), written to the
+/// bundle, and its fusion from the held-out normals' map scores and distances at the same
+/// precision (see [`ImageGaussian::fuse`]).
+fn fit_image_gaussian(
+    dir: &Path,
+    t: &Trained,
+    opts: &TrainOptions,
+    m: &Manifest,
+    precision: Precision,
+) -> Result<GaussianFit> {
+    // The map's own score: a detector without the Gaussian.
+    let manifest = Manifest { image_gaussian: None, ..m.clone() };
+    let detector = Detector::load(&Bundle { dir: dir.to_owned(), manifest }, precision)?;
+    let label = format!("image gaussian ({})", precision.name());
+    let bar = progress_bar((t.data.train.len() + t.data.val.len()) as u64, &label, opts.progress);
+    let mut samples = Vec::new();
+    for path in &t.data.train {
+        for input in preprocess::to_tiles(&preprocess::load_image(path)?, &t.spec) {
+            samples.push(image_gaussian::statistics(&detector.teacher_features(&input)?));
+        }
+        bar.inc(1);
+    }
+    let gaussian = ImageGaussian::fit(&samples)?;
+    let (mut scores, mut distances) = (Vec::new(), Vec::new());
+    for path in &t.data.val {
+        let img = preprocess::load_image(path)?;
+        scores.push(detector.frame_map(&img, &mut Timings::default())?.1);
+        let mut distance = f32::NEG_INFINITY;
+        for input in preprocess::to_tiles(&img, &t.spec) {
+            distance =
+                distance.max(gaussian.distance(&image_gaussian::statistics(&detector.teacher_features(&input)?)));
+        }
+        distances.push(distance);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let gaussian = gaussian.with_fusion(&scores, &distances);
+    let file = match precision {
+        Precision::F32 => "image_gaussian.safetensors",
+        Precision::Int8 => "image_gaussian.int8.safetensors",
+    };
+    gaussian.write(&dir.join(file))?;
+    Ok(GaussianFit { file: file.into(), offset: gaussian.fusion.offset, scale: gaussian.fusion.scale })
+}
+
 /// The half-scale teacher's graph, written to the bundle; its file name.
 fn write_teacher_half(dir: &Path, t: &Trained, opts: &TrainOptions) -> Result<String> {
     let (c, s) = (&opts.arch.tap_channels()[..], &opts.arch.tap_strides()[..]);
@@ -388,6 +441,10 @@ fn write_int8(dir: &Path, t: &Trained, opts: &TrainOptions, g: &Exported, m: &mu
     let q =
         Exported { teacher: quantize::qdq(&g.teacher, &tr), student_e: quantize::qdq(&g.student_e, &er), student_d };
     m.graphs.int8 = Some(write_graphs(dir, &q, ".int8")?);
+    if m.image_gaussian.is_some() {
+        let fit = fit_image_gaussian(dir, t, opts, m, Precision::Int8)?;
+        m.image_gaussian.as_mut().expect("checked").int8 = Some(fit);
+    }
     let bundle = Bundle { dir: dir.to_owned(), manifest: m.clone() };
     let checks = check_golden(&bundle, &Detector::load(&bundle, Precision::Int8)?)?;
     Ok(checks.iter().map(|c| c.map_error).fold(0.0f32, f32::max))
@@ -405,6 +462,9 @@ fn drop_int8(dir: &Path, m: &mut Manifest) {
         for file in std::iter::once(&set.teacher).chain([&set.student_e]).chain(set.student_d.as_ref()) {
             let _ = std::fs::remove_file(dir.join(file));
         }
+    }
+    if let Some(fit) = m.image_gaussian.as_mut().and_then(|g| g.int8.take()) {
+        let _ = std::fs::remove_file(dir.join(fit.file));
     }
     m.calibration.int8_threshold = None;
     m.calibration.int8_pixel_threshold = None;
@@ -470,6 +530,11 @@ pub fn write_bundle(t: &Trained, opts: &TrainOptions) -> Result<Manifest> {
             m.graphs.teacher_half = Some(write_teacher_half(dir, t, opts)?);
         }
         m.memory_bank = Some(write_memory_bank(dir, t, opts, &m)?);
+    }
+    if opts.image_gaussian && t.data.val.len() >= 2 {
+        let f32 = fit_image_gaussian(dir, t, opts, &m, Precision::F32)?;
+        let dims = image_gaussian::dims(m.teacher.channels.iter().copied());
+        m.image_gaussian = Some(ImageGaussianSpec { dims, f32, int8: None });
     }
     let f32_error = write_golden(dir, t, opts, &mut m)?;
     m.calibration = calibrate_threshold(dir, t, opts, &m, Precision::F32)?;

@@ -85,6 +85,8 @@ pub struct TrainOptions {
     pub bank_scales: u8,
     /// How the half-scale bank's map joins the full-size map (`bank_scales` 2).
     pub bank_scale_fusion: crate::bundle::ScaleFusion,
+    /// Add the image Gaussian's distance to the image score (`detector::image_gaussian`).
+    pub image_gaussian: bool,
     /// Flipped or turned copies of the training images (students and memory bank).
     pub augment: Augment,
     pub resume: bool,
