@@ -441,9 +441,11 @@ fn write_int8(dir: &Path, t: &Trained, opts: &TrainOptions, g: &Exported, m: &mu
     let q =
         Exported { teacher: quantize::qdq(&g.teacher, &tr), student_e: quantize::qdq(&g.student_e, &er), student_d };
     m.graphs.int8 = Some(write_graphs(dir, &q, ".int8")?);
-    if m.image_gaussian.is_some() {
-        let fit = fit_image_gaussian(dir, t, opts, m, Precision::Int8)?;
-        m.image_gaussian.as_mut().expect("checked").int8 = Some(fit);
+    // int8 features need their own Gaussian (see `ImageGaussianSpec`).
+    let int8_fit =
+        m.image_gaussian.is_some().then(|| fit_image_gaussian(dir, t, opts, m, Precision::Int8)).transpose()?;
+    if let Some(g) = &mut m.image_gaussian {
+        g.int8 = int8_fit;
     }
     let bundle = Bundle { dir: dir.to_owned(), manifest: m.clone() };
     let checks = check_golden(&bundle, &Detector::load(&bundle, Precision::Int8)?)?;
