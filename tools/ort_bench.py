@@ -114,9 +114,10 @@ class Pipeline:
         self.gaussian = None
         if "image_gaussian" in manifest:
             g = manifest["image_gaussian"]
-            p = g["dims"]
-            self.gaussian = (read_tensor(bundle / g["file"], "mean", (p,)),
-                             read_tensor(bundle / g["file"], "precision", (p, p)), g["offset"], g["scale"])
+            p, fit = g["dims"], g[precision]  # each precision has its own fit
+            path = bundle / fit["file"]
+            self.gaussian = (read_tensor(path, "mean", (p,)), read_tensor(path, "precision", (p, p)),
+                             fit["offset"], fit["scale"])
 
     def preprocess(self, img: Image.Image) -> np.ndarray:
         img = img.convert("RGB")
