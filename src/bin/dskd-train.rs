@@ -157,8 +157,8 @@ struct Args {
     /// per-channel mean and standard deviation) to a Gaussian of the training images', brought
     /// to the map score's spread on the held-out normals: catches defects that change the
     /// surface as a whole (on Magnetic Tile +0.04 image AUROC; on small, faint defects
-    /// −0.01 to −0.03: docs/RESULTS.md §0g). Built at export (also with --export-only);
-    /// `false`: the map's score alone.
+    /// −0.013 to −0.028 over four seeds: docs/RESULTS.md §0g). Built at export (also with
+    /// --export-only); `false`: the map's score alone.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     image_gaussian: bool,
     /// Also train (and bank) flipped copies of each good image (`flip`: 4 copies), or every
