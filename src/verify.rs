@@ -12,9 +12,14 @@ use crate::detector::anomaly_map::Map;
 use crate::detector::{Detector, DetectorError, Engine, Precision, Timings};
 use crate::preprocess;
 
+/// Largest |value| of a map (at least 1e-6): what map and score errors are relative to.
+fn peak(m: &Map) -> f32 {
+    m.data.iter().fold(0.0f32, |p, v| p.max(v.abs())).max(1e-6)
+}
+
 /// Largest |a - b| relative to the reference map's peak.
 pub fn map_error(reference: &Map, got: &Map) -> f32 {
-    let peak = reference.data.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let peak = peak(reference);
     let diff = reference.data.iter().zip(&got.data).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
     diff / peak
 }
@@ -58,8 +63,7 @@ pub fn check_golden(bundle: &Bundle, detector: &Detector) -> Result<Vec<GoldenCh
         let img = preprocess::load_image(&bundle.path(&sample.image))?;
         let (map, score) = detector.frame_map(&img, &mut Timings::default())?;
         // The score can hold more than the map's peak (the image Gaussian's term): held too.
-        let peak = golden.data.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
-        let error = map_error(&golden, &map).max((score - sample.score).abs() / peak);
+        let error = map_error(&golden, &map).max((score - sample.score).abs() / peak(&golden));
         out.push(GoldenCheck {
             image: sample.image.clone(),
             engine: detector.engine(),

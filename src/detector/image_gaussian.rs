@@ -17,6 +17,8 @@ use ndarray::{Array1, Array2};
 
 use super::Precision;
 use super::anomaly_map::FeatureMap;
+use super::memory_bank::Divisor;
+use super::tensor_file;
 use crate::bundle::Bundle;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +69,8 @@ pub struct ImageGaussian {
 }
 
 /// `score + scale · (distance − offset)`: the distance's excess over the held-out normals'
-/// mean, in units of the map score's spread on them per unit of the distance's spread, so
+/// mean, in units of the map score's spread on them per unit of the distance's spread
+/// (population standard deviations), so
 /// that on normal images both terms vary alike and neither one's noise outweighs the other's.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Fusion {
@@ -127,55 +130,36 @@ impl ImageGaussian {
     }
 
     /// The fusion from the held-out normals' map scores and distances: offset their mean
-    /// distance, scale the ratio of the two spreads (both population standard deviations).
+    /// distance, scale the ratio of the two spreads.
     pub fn with_fusion(self, map_scores: &[f32], distances: &[f32]) -> Self {
-        let (_, map_spread) = mean_spread(map_scores);
-        let (offset, spread) = mean_spread(distances);
-        Self { fusion: Fusion { offset, scale: map_spread / spread.max(1e-9) }, ..self }
+        // The hybrid map's divisors, reused: their mean and their spread.
+        let offset = Divisor::Mean.of(distances);
+        let scale = Divisor::Spread.of(map_scores) / Divisor::Spread.of(distances);
+        Self { fusion: Fusion { offset, scale }, ..self }
     }
 
     /// Writes `mean` `[dims]` and `precision` `[dims, dims]` as f32 safetensors.
     pub fn write(&self, path: &Path) -> Result<(), ImageGaussianError> {
-        use safetensors::{Dtype, tensor::TensorView};
-        let err = |message: String| ImageGaussianError::File { path: path.to_owned(), message };
-        let bytes = |a: &[f32]| -> Vec<u8> { a.iter().flat_map(|v| v.to_le_bytes()).collect() };
-        let mean = bytes(self.mean.as_slice().expect("contiguous"));
-        let precision = bytes(self.precision.as_standard_layout().as_slice().expect("standard layout"));
         let p = self.dims();
-        let views = [
-            (MEAN, TensorView::new(Dtype::F32, vec![p], &mean).map_err(|e| err(e.to_string()))?),
-            (PRECISION, TensorView::new(Dtype::F32, vec![p, p], &precision).map_err(|e| err(e.to_string()))?),
+        let precision = self.precision.as_standard_layout();
+        let tensors = [
+            (MEAN, vec![p], self.mean.as_slice().expect("contiguous")),
+            (PRECISION, vec![p, p], precision.as_slice().expect("standard layout")),
         ];
-        let file = safetensors::serialize(views, None).map_err(|e| err(e.to_string()))?;
-        std::fs::write(path, file).map_err(|e| err(e.to_string()))
+        tensor_file::write(path, &tensors)
+            .map_err(|message| ImageGaussianError::File { path: path.to_owned(), message })
     }
 
     /// Reads a file written by [`Self::write`], checking it has `dims` dimensions.
     pub fn read(path: &Path, dims: usize, fusion: Fusion) -> Result<Self, ImageGaussianError> {
         let err = |message: String| ImageGaussianError::File { path: path.to_owned(), message };
-        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let file =
-            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(format!("not a Gaussian file: {e}")))?;
-        let tensor = |name: &str, shape: &[usize]| -> Result<Vec<f32>, ImageGaussianError> {
-            let t = file.tensor(name).map_err(|_| err(format!("no tensor `{name}`")))?;
-            if t.dtype() != safetensors::Dtype::F32 || t.shape() != shape {
-                return Err(err(format!("tensor `{name}` is {:?} {:?}, expected F32 {shape:?}", t.dtype(), t.shape())));
-            }
-            Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
-        };
-        let mean = Array1::from(tensor(MEAN, &[dims])?);
-        let precision =
-            Array2::from_shape_vec((dims, dims), tensor(PRECISION, &[dims, dims])?).map_err(|e| err(e.to_string()))?;
-        Ok(Self { mean, precision, fusion })
+        let [mean, precision]: [Vec<f32>; 2] = tensor_file::read(path, &[(MEAN, &[dims]), (PRECISION, &[dims, dims])])
+            .map_err(err)?
+            .try_into()
+            .expect("two asked");
+        let precision = Array2::from_shape_vec((dims, dims), precision).map_err(|e| err(e.to_string()))?;
+        Ok(Self { mean: Array1::from(mean), precision, fusion })
     }
-}
-
-/// Mean and population standard deviation.
-fn mean_spread(v: &[f32]) -> (f32, f32) {
-    let n = v.len().max(1) as f64;
-    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
-    (mean as f32, var.sqrt() as f32)
 }
 
 /// Ledoit–Wolf: the sample covariance `S` of the centred rows, pulled towards `μI` (`μ` its
@@ -272,7 +256,7 @@ mod tests {
         let distances: Vec<f32> = samples.iter().map(|s| g.distance(s)).collect();
         let scores = vec![10.0, 12.0];
         let g = g.with_fusion(&scores, &distances);
-        let (mean, _) = mean_spread(&distances);
+        let mean = Divisor::Mean.of(&distances);
         assert!((g.fuse(11.0, mean) - 11.0).abs() < 1e-4);
         assert!(g.fuse(11.0, far) > 11.0 + 4.0 * g.fusion.scale);
     }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array2, ArrayView2, Axis};
 
 use super::anomaly_map::{self, FeatureMap, Map};
+use super::tensor_file;
 use super::{Detector, level_shapes};
 use crate::augment::Augment;
 use crate::bundle::{Bundle, ScaleFusion};
@@ -322,29 +323,17 @@ impl MemoryBank {
 
     /// Writes the entries as a safetensors file (one f32 tensor `bank`, `[rows, dims]`).
     pub fn write(&self, path: &Path) -> Result<(), MemoryBankError> {
-        use safetensors::{Dtype, tensor::TensorView};
-        let err = |message: String| MemoryBankError::File { path: path.to_owned(), message };
-        let bytes: Vec<u8> = self.bank.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let view =
-            TensorView::new(Dtype::F32, vec![self.rows(), self.dims()], &bytes).map_err(|e| err(e.to_string()))?;
-        let file = safetensors::serialize([(TENSOR, view)], None).map_err(|e| err(e.to_string()))?;
-        std::fs::write(path, file).map_err(|e| err(e.to_string()))
+        let values = self.bank.as_standard_layout();
+        let values = values.as_slice().expect("standard layout");
+        tensor_file::write(path, &[(TENSOR, vec![self.rows(), self.dims()], values)])
+            .map_err(|message| MemoryBankError::File { path: path.to_owned(), message })
     }
 
     /// Reads a bank written by [`Self::write`], checking its shape.
     pub fn read(path: &Path, levels: Vec<usize>, rows: usize, dims: usize) -> Result<Self, MemoryBankError> {
         let err = |message: String| MemoryBankError::File { path: path.to_owned(), message };
-        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(format!("not a bank file: {e}")))?;
-        let t = file.tensor(TENSOR).map_err(|_| err(format!("no tensor `{TENSOR}`")))?;
-        if t.dtype() != safetensors::Dtype::F32 || t.shape() != [rows, dims] {
-            return Err(err(format!(
-                "tensor is {:?} {:?}, the manifest says F32 [{rows}, {dims}]",
-                t.dtype(),
-                t.shape()
-            )));
-        }
-        let values = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let [values]: [Vec<f32>; 1] =
+            tensor_file::read(path, &[(TENSOR, &[rows, dims])]).map_err(err)?.try_into().expect("one asked");
         let bank = Array2::from_shape_vec((rows, dims), values).map_err(|e| err(e.to_string()))?;
         Ok(Self::new(levels, bank))
     }

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod image_gaussian;
 pub mod memory_bank;
 pub mod profile;
+mod tensor_file;
 pub mod verdict;
 
 use std::path::PathBuf;
