@@ -140,12 +140,40 @@ pub struct MemoryBankSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageGaussianSpec {
-    /// Twice the teacher's channels summed over its levels.
+    /// Which per-channel statistics (absent: `mean_std`, the bundles before the choice).
+    #[serde(default, skip_serializing_if = "GaussianStatistics::is_default")]
+    pub statistics: GaussianStatistics,
+    /// The teacher's channels summed over its levels, times the statistics per channel.
     pub dims: usize,
     pub f32: GaussianFit,
     /// Present when the bundle keeps int8 graphs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub int8: Option<GaussianFit>,
+}
+
+/// The statistics of each teacher channel over positions that the image Gaussian models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum GaussianStatistics {
+    /// Mean and standard deviation (Rippel et al.).
+    #[default]
+    MeanStd,
+    /// Also the maximum: a local extreme moves it where it barely moves the mean (docs/RESULTS.md §0i).
+    MeanStdMax,
+}
+
+impl GaussianStatistics {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Values per channel.
+    pub fn per_channel(self) -> usize {
+        match self {
+            Self::MeanStd => 2,
+            Self::MeanStdMax => 3,
+        }
+    }
 }
 
 /// One precision's image Gaussian.

@@ -77,6 +77,7 @@ fn fixture() -> &'static Fixture {
             bank_scales: 1,
             bank_scale_fusion: Default::default(),
             image_gaussian: false,
+            image_gaussian_stats: Default::default(),
             augment: dskd::augment::Augment::None,
             sd_loss: dskd::train::loss::SdLoss::Pixel,
             lr_schedule: dskd::train::trainer::LrSchedule::Constant,
@@ -264,6 +265,7 @@ fn resnet18_teacher_trains_and_exports_with_parity() {
         bank_scales: 1,
         bank_scale_fusion: Default::default(),
         image_gaussian: false,
+        image_gaussian_stats: Default::default(),
         augment: dskd::augment::Augment::None,
         sd_loss: dskd::train::loss::SdLoss::Pixel,
         lr_schedule: dskd::train::trainer::LrSchedule::Constant,
@@ -648,5 +650,30 @@ fn an_image_gaussian_is_exported_hashed_and_served_with_parity() {
     let mut wrong = Bundle::open(&opts.out).unwrap();
     wrong.manifest.image_gaussian.as_mut().unwrap().dims += 2;
     let err = Detector::load(&wrong, Precision::F32).err().expect("a Gaussian of the wrong size is refused");
+    assert!(err.to_string().contains("dimensions"), "{err}");
+}
+
+/// `--image-gaussian-stats mean-std-max`: the Gaussian models each channel's maximum too; the
+/// manifest says so (three values per channel), the daemon reproduces the trainer's golden
+/// score with it (`short_bundle` verifies it), and a manifest that claims the two-statistic
+/// Gaussian for those dimensions is refused.
+#[test]
+fn a_gaussian_of_means_spreads_and_maxima_is_served_with_parity() {
+    use dskd::bundle::GaussianStatistics;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = trainer::TrainOptions {
+        image_gaussian: true,
+        image_gaussian_stats: GaussianStatistics::MeanStdMax,
+        ..fixture().opts.clone()
+    };
+    let (opts, m) = short_bundle(dir.path(), opts);
+    let spec = m.image_gaussian.clone().expect("manifest has the image Gaussian");
+    assert_eq!(spec.statistics, GaussianStatistics::MeanStdMax);
+    assert_eq!(spec.dims, 3 * m.teacher.channels.iter().sum::<usize>());
+    Detector::load(&Bundle::open(&opts.out).unwrap(), Precision::F32).unwrap();
+
+    let mut wrong = Bundle::open(&opts.out).unwrap();
+    wrong.manifest.image_gaussian.as_mut().unwrap().statistics = GaussianStatistics::MeanStd;
+    let err = Detector::load(&wrong, Precision::F32).err().expect("statistics that do not fit the file are refused");
     assert!(err.to_string().contains("dimensions"), "{err}");
 }

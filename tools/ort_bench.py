@@ -117,7 +117,7 @@ class Pipeline:
             p, fit = g["dims"], g[precision]  # each precision has its own fit
             path = bundle / fit["file"]
             self.gaussian = (read_tensor(path, "mean", (p,)), read_tensor(path, "precision", (p, p)),
-                             fit["offset"], fit["scale"])
+                             fit["offset"], fit["scale"], g.get("statistics", "mean_std") == "mean_std_max")
 
     def preprocess(self, img: Image.Image) -> np.ndarray:
         img = img.convert("RGB")
@@ -181,11 +181,11 @@ class Pipeline:
         score = float(amap.max())
         if self.gaussian is None:
             return score
-        mean, precision, offset, scale = self.gaussian
+        mean, precision, offset, scale, with_max = self.gaussian
         stats = []
         for f in teacher:
             f = f[0].reshape(f.shape[1], -1).astype(np.float64)
-            stats += [f.mean(1), f.std(1)]
+            stats += [f.mean(1), f.std(1)] + ([f.max(1)] if with_max else [])
         d = np.concatenate(stats).astype(np.float32) - mean
         return score + scale * (math.sqrt(max(float(d @ precision @ d), 0.0)) - offset)
 

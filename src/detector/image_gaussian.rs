@@ -19,7 +19,7 @@ use super::Precision;
 use super::anomaly_map::FeatureMap;
 use super::memory_bank::Divisor;
 use super::tensor_file;
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, GaussianStatistics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageGaussianError {
@@ -35,32 +35,39 @@ pub enum ImageGaussianError {
     NoInt8,
 }
 
-/// Per-channel mean and standard deviation over positions, level by level (`[mean of
-/// level 1's channels, std of level 1's channels, mean of level 2's, ...]`).
-pub fn statistics(levels: &[FeatureMap]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(dims(levels.iter().map(|f| f.channels)));
+/// Per-channel mean and standard deviation over positions (and the maximum, with
+/// [`GaussianStatistics::MeanStdMax`]), level by level (`[mean of level 1's channels, std of
+/// level 1's channels, (max of level 1's,) mean of level 2's, ...]`).
+pub fn statistics(levels: &[FeatureMap], which: GaussianStatistics) -> Vec<f32> {
+    let mut out = Vec::with_capacity(dims(levels.iter().map(|f| f.channels), which));
     for f in levels {
         let n = (f.height * f.width) as f64;
-        let mut stds = Vec::with_capacity(f.channels);
+        let (mut stds, mut maxima) = (Vec::with_capacity(f.channels), Vec::with_capacity(f.channels));
         for channel in f.data.chunks_exact(f.height * f.width) {
             let mean = channel.iter().map(|&v| v as f64).sum::<f64>() / n;
             let var = channel.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
             out.push(mean as f32);
             stds.push(var.sqrt() as f32);
+            maxima.push(channel.iter().copied().fold(f32::NEG_INFINITY, f32::max));
         }
         out.extend(stds);
+        if which == GaussianStatistics::MeanStdMax {
+            out.extend(maxima);
+        }
     }
     out
 }
 
 /// Length of [`statistics`] for levels of these channel counts.
-pub fn dims(channels: impl IntoIterator<Item = usize>) -> usize {
-    channels.into_iter().map(|c| 2 * c).sum()
+pub fn dims(channels: impl IntoIterator<Item = usize>, which: GaussianStatistics) -> usize {
+    channels.into_iter().map(|c| which.per_channel() * c).sum()
 }
 
 /// The normal images' Gaussian and how its distance joins the map's score.
 #[derive(Debug, Clone)]
 pub struct ImageGaussian {
+    /// Which statistics of an image it models.
+    pub statistics: GaussianStatistics,
     mean: Array1<f32>,
     /// Inverse of the shrunk covariance.
     precision: Array2<f32>,
@@ -84,7 +91,7 @@ const PRECISION: &str = "precision";
 
 impl ImageGaussian {
     /// Mean and Ledoit–Wolf-shrunk covariance of the training images' statistics, inverted.
-    pub fn fit(samples: &[Vec<f32>]) -> Result<Self, ImageGaussianError> {
+    pub fn fit(samples: &[Vec<f32>], statistics: GaussianStatistics) -> Result<Self, ImageGaussianError> {
         let n = samples.len();
         if n < 2 {
             return Err(ImageGaussianError::TooFew(n));
@@ -95,14 +102,19 @@ impl ImageGaussian {
         let centred = &x - &mean;
         let covariance = shrunk_covariance(&centred);
         let precision = invert_spd(&covariance).ok_or(ImageGaussianError::NotDefinite(p))?;
-        Ok(Self { mean: mean.mapv(|v| v as f32), precision: precision.mapv(|v| v as f32), fusion: Fusion::default() })
+        Ok(Self {
+            statistics,
+            mean: mean.mapv(|v| v as f32),
+            precision: precision.mapv(|v| v as f32),
+            fusion: Fusion::default(),
+        })
     }
 
     /// The bundle's image Gaussian for `precision`, when it has one, checked against its
     /// teacher's levels.
     pub fn load(bundle: &Bundle, precision: Precision) -> Result<Option<Self>, ImageGaussianError> {
         let Some(spec) = &bundle.manifest.image_gaussian else { return Ok(None) };
-        let expected = dims(bundle.manifest.teacher.channels.iter().copied());
+        let expected = dims(bundle.manifest.teacher.channels.iter().copied(), spec.statistics);
         if spec.dims != expected {
             return Err(ImageGaussianError::Dims { found: spec.dims, expected });
         }
@@ -111,11 +123,16 @@ impl ImageGaussian {
             Precision::Int8 => spec.int8.as_ref().ok_or(ImageGaussianError::NoInt8)?,
         };
         let fusion = Fusion { offset: fit.offset, scale: fit.scale };
-        Ok(Some(Self::read(&bundle.path(&fit.file), spec.dims, fusion)?))
+        Ok(Some(Self::read(&bundle.path(&fit.file), spec.dims, spec.statistics, fusion)?))
     }
 
     pub fn dims(&self) -> usize {
         self.mean.len()
+    }
+
+    /// Mahalanobis distance of the image with these teacher levels to the normal images'.
+    pub fn image_distance(&self, levels: &[FeatureMap]) -> f32 {
+        self.distance(&statistics(levels, self.statistics))
     }
 
     /// Mahalanobis distance of one image's [`statistics`] to the normal images'.
@@ -151,14 +168,19 @@ impl ImageGaussian {
     }
 
     /// Reads a file written by [`Self::write`], checking it has `dims` dimensions.
-    pub fn read(path: &Path, dims: usize, fusion: Fusion) -> Result<Self, ImageGaussianError> {
+    pub fn read(
+        path: &Path,
+        dims: usize,
+        statistics: GaussianStatistics,
+        fusion: Fusion,
+    ) -> Result<Self, ImageGaussianError> {
         let err = |message: String| ImageGaussianError::File { path: path.to_owned(), message };
         let [mean, precision]: [Vec<f32>; 2] = tensor_file::read(path, &[(MEAN, &[dims]), (PRECISION, &[dims, dims])])
             .map_err(err)?
             .try_into()
             .expect("two asked");
         let precision = Array2::from_shape_vec((dims, dims), precision).map_err(|e| err(e.to_string()))?;
-        Ok(Self { mean: Array1::from(mean), precision, fusion })
+        Ok(Self { statistics, mean: Array1::from(mean), precision, fusion })
     }
 }
 
@@ -228,8 +250,14 @@ mod tests {
     fn statistics_are_channel_means_then_stds_per_level() {
         let a = level(vec![1.0, 3.0, 5.0, 5.0], 2, 1, 2);
         let b = level(vec![2.0], 1, 1, 1);
-        assert_eq!(statistics(&[a, b]), vec![2.0, 5.0, 1.0, 0.0, 2.0, 0.0]);
-        assert_eq!(dims([2, 1]), 6);
+        assert_eq!(
+            statistics(&[a.clone(), b.clone()], GaussianStatistics::MeanStd),
+            vec![2.0, 5.0, 1.0, 0.0, 2.0, 0.0]
+        );
+        assert_eq!(dims([2, 1], GaussianStatistics::MeanStd), 6);
+        let with_max = statistics(&[a, b], GaussianStatistics::MeanStdMax);
+        assert_eq!(with_max, vec![2.0, 5.0, 1.0, 0.0, 3.0, 5.0, 2.0, 0.0, 2.0]);
+        assert_eq!(dims([2, 1], GaussianStatistics::MeanStdMax), 9);
     }
 
     #[test]
@@ -249,7 +277,7 @@ mod tests {
     fn distance_grows_away_from_the_normals_and_fusion_centres_it() {
         let mut rng = crate::synth::Rng::new(5);
         let samples: Vec<Vec<f32>> = (0..200).map(|_| (0..4).map(|_| rng.unit()).collect()).collect();
-        let g = ImageGaussian::fit(&samples).unwrap();
+        let g = ImageGaussian::fit(&samples, GaussianStatistics::MeanStd).unwrap();
         let near = g.distance(&[0.5, 0.5, 0.5, 0.5]);
         let far = g.distance(&[0.5, 0.5, 0.5, 3.0]);
         assert!(near < 1.0 && far > 5.0, "near {near}, far {far}");
@@ -264,12 +292,12 @@ mod tests {
     #[test]
     fn file_round_trips_and_checks_its_dims() {
         let samples = vec![vec![0.0, 1.0], vec![1.0, 0.0], vec![0.5, 0.7]];
-        let g = ImageGaussian::fit(&samples).unwrap();
+        let g = ImageGaussian::fit(&samples, GaussianStatistics::MeanStd).unwrap();
         let path = std::env::temp_dir().join(format!("dskd-gauss-{}.safetensors", std::process::id()));
         g.write(&path).unwrap();
-        let back = ImageGaussian::read(&path, 2, Fusion::default()).unwrap();
+        let back = ImageGaussian::read(&path, 2, GaussianStatistics::MeanStd, Fusion::default()).unwrap();
         assert_eq!(back.distance(&[2.0, 2.0]), g.distance(&[2.0, 2.0]));
-        assert!(ImageGaussian::read(&path, 3, Fusion::default()).is_err());
+        assert!(ImageGaussian::read(&path, 3, GaussianStatistics::MeanStd, Fusion::default()).is_err());
         std::fs::remove_file(path).unwrap();
     }
 }

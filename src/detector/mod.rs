@@ -358,7 +358,7 @@ impl Detector {
             let threads = if self.parallel { 2 } else { 1 };
             map = hybrid.fuse(map, &f.teacher, &f.half, self.manifest.map.sigma, threads);
         }
-        let distance = self.image_gaussian.as_ref().map(|g| g.distance(&image_gaussian::statistics(&f.teacher)));
+        let distance = self.image_gaussian.as_ref().map(|g| g.image_distance(&f.teacher));
         t.map_ms = ms(s);
         Ok((map, distance))
     }

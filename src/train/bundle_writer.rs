@@ -164,7 +164,7 @@ fn write_golden(dir: &Path, t: &Trained, opts: &TrainOptions, m: &mut Manifest) 
         for input in preprocess::to_tiles(&image::DynamicImage::ImageRgb8(rgb.clone()), &t.spec) {
             let [teacher, e, d] = burn_features(t, &input, &device);
             if let Some(g) = &gaussian {
-                distance = distance.max(g.distance(&image_gaussian::statistics(&teacher)));
+                distance = distance.max(g.image_distance(&teacher));
             }
             let students: Vec<&[FeatureMap]> = [&e[..], &d[..]].into_iter().filter(|s| !s.is_empty()).collect();
             let map = anomaly_map::anomaly_map(&teacher, &students, &m.map, h, w);
@@ -336,19 +336,18 @@ fn fit_image_gaussian(
     let mut samples = Vec::new();
     for path in &t.data.train {
         for input in preprocess::to_tiles(&preprocess::load_image(path)?, &t.spec) {
-            samples.push(image_gaussian::statistics(&detector.teacher_features(&input)?));
+            samples.push(image_gaussian::statistics(&detector.teacher_features(&input)?, opts.image_gaussian_stats));
         }
         bar.inc(1);
     }
-    let gaussian = ImageGaussian::fit(&samples)?;
+    let gaussian = ImageGaussian::fit(&samples, opts.image_gaussian_stats)?;
     let (mut scores, mut distances) = (Vec::new(), Vec::new());
     for path in &t.data.val {
         let img = preprocess::load_image(path)?;
         scores.push(detector.frame_map(&img, &mut Timings::default())?.1);
         let mut distance = f32::NEG_INFINITY;
         for input in preprocess::to_tiles(&img, &t.spec) {
-            distance =
-                distance.max(gaussian.distance(&image_gaussian::statistics(&detector.teacher_features(&input)?)));
+            distance = distance.max(gaussian.image_distance(&detector.teacher_features(&input)?));
         }
         distances.push(distance);
         bar.inc(1);
@@ -535,8 +534,9 @@ pub fn write_bundle(t: &Trained, opts: &TrainOptions) -> Result<Manifest> {
     }
     if opts.image_gaussian && t.data.val.len() >= 2 {
         let f32 = fit_image_gaussian(dir, t, opts, &m, Precision::F32)?;
-        let dims = image_gaussian::dims(m.teacher.channels.iter().copied());
-        m.image_gaussian = Some(ImageGaussianSpec { dims, f32, int8: None });
+        let statistics = opts.image_gaussian_stats;
+        let dims = image_gaussian::dims(m.teacher.channels.iter().copied(), statistics);
+        m.image_gaussian = Some(ImageGaussianSpec { statistics, dims, f32, int8: None });
     }
     let f32_error = write_golden(dir, t, opts, &mut m)?;
     m.calibration = calibrate_threshold(dir, t, opts, &m, Precision::F32)?;

@@ -87,6 +87,8 @@ pub struct TrainOptions {
     pub bank_scale_fusion: crate::bundle::ScaleFusion,
     /// Add the image Gaussian's distance to the image score (`detector::image_gaussian`).
     pub image_gaussian: bool,
+    /// Which per-channel statistics the image Gaussian models.
+    pub image_gaussian_stats: crate::bundle::GaussianStatistics,
     /// Flipped or turned copies of the training images (students and memory bank).
     pub augment: Augment,
     pub resume: bool,
