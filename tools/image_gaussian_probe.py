@@ -24,6 +24,13 @@ import onnxruntime as ort
 from PIL import Image
 
 
+def kind_of(rel: str) -> str:
+    """A split line's image kind: its first folder, or the second in an MVTec layout
+    (`train/good/...`, `test/crack/...`)."""
+    parts = rel.split("/")
+    return parts[1] if parts[0] in ("train", "test") else parts[0]
+
+
 def features(bundle: Path, split: Path, teacher: Path | None):
     """Per image and teacher level: each channel's mean, std, max and 90th percentile over positions."""
     m = tomllib.loads((bundle / "bundle.toml").read_text())
@@ -40,8 +47,7 @@ def features(bundle: Path, split: Path, teacher: Path | None):
         levels = [f[0].reshape(f.shape[1], -1) for f in sess.run(None, {"image": x})]
         stats.append([[f.mean(1), f.std(1), f.max(1), np.quantile(f, 0.9, axis=1)] for f in levels])
         roles.append(role)
-        parts = path.split("/")  # the first folder, or the second in an MVTec layout (test/crack/...)
-        kinds.append(parts[1] if parts[0] in ("train", "test") else parts[0])
+        kinds.append(kind_of(path))
     return np.array(roles), np.array(kinds), stats
 
 
@@ -74,19 +80,25 @@ def distances(train, x, shrink_scale=1.0):
 STATS = ("mean", "std", "max", "p90")
 
 
-def row(name, d, roles, kinds, good):
-    """Image AUROC, misses at the `val` distances' 99th percentile (and the false alarms that
-    gives), and misses when 2 or 4 test normals are let through (the low end of the ROC)."""
-    val, test = roles == "val", roles == "test"
-    th = np.quantile(d[val], 0.99)
-    neg, pos = d[test & good], d[test & ~good]
+def image_row(name, test, normal, kinds, val):
+    """Image AUROC of the test images' scores `test` (`normal` and `kinds` per test image),
+    misses at the `val` scores' 99th percentile (and the false alarms that gives), and misses
+    when 2 or 4 test normals are let through (the low end of the ROC), per defect type too."""
+    th = np.quantile(val, 0.99)
+    neg, pos = test[normal], test[~normal]
     top = np.sort(neg)[::-1]
-    per = " ".join(f"{k} {auroc(neg, d[test & (kinds == k)]):.3f}" for k in sorted(set(kinds[test & ~good])))
+    per = " ".join(f"{k.removeprefix('MT_')} {auroc(neg, test[kinds == k]):.3f}" for k in sorted(set(kinds[~normal])))
     print(
         f"{name:34s} image AUROC {auroc(neg, pos):.3f}  FA {(neg >= th).mean():.1%} misses {(pos < th).mean():.1%}"
         f"  at 2 / 4 test FA: {(pos <= top[2]).mean():.1%} / {(pos <= top[4]).mean():.1%} | {per}",
         flush=True,
     )
+
+
+def row(name, d, roles, kinds, good):
+    """[`image_row`] of the distances `d` of every split line."""
+    test = roles == "test"
+    image_row(name, d[test], good[test], kinds[test], d[roles == "val"])
 
 
 def main():

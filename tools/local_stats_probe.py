@@ -33,16 +33,14 @@ from PIL import Image
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).parent))
-from image_gaussian_probe import auroc, shrunk_covariance  # noqa: E402
+from image_gaussian_probe import auroc, kind_of, shrunk_covariance  # noqa: E402
 from ort_bench import Pipeline, bilinear_matrix  # noqa: E402
 
 
 def read_split(split: Path):
-    """(role, image, kind) per line; the kind is the first folder, or the second in an MVTec
-    layout (`train/good/...`, `test/crack/...`)."""
+    """(role, image, kind) per line."""
     rows = [l.split("\t") for l in split.read_text().splitlines() if l and not l.startswith("#")]
-    kind = lambda rel: rel.split("/")[1] if rel.split("/")[0] in ("train", "test") else rel.split("/")[0]  # noqa: E731
-    return [(role, split.parent / rel, kind(rel)) for role, rel in rows]
+    return [(role, split.parent / rel, kind_of(rel)) for role, rel in rows]
 
 
 def mask_of(image: Path):
@@ -86,23 +84,27 @@ def aupro(maps, masks, limit=0.3):
     pro = np.cumsum(w) / (len(sizes) - 1)
     keep = fpr <= limit
     x, y = np.concatenate([[0], fpr[keep]]), np.concatenate([[0], pro[keep]])
-    return float(np.trapezoid(y, x) / limit) if hasattr(np, "trapezoid") else float(np.trapz(y, x) / limit)
+    return float(np.trapezoid(y, x) / limit)
+
+
+def per_type_pixel_auroc(maps, masks, kinds, normal):
+    """Each defect type's pixel AUROC over its images and the normal ones (maps and masks
+    stacked `[images, h, w]`), as `dskd eval`'s per-type rows."""
+    per = []
+    for kind in sorted(set(kinds[~normal])):
+        pick = normal | (kinds == kind)
+        m, k = maps[pick], masks[pick]
+        per.append(f"{kind.removeprefix('MT_')} {auroc(m[~k], m[k]):.3f}")
+    return " ".join(per)
 
 
 def report(name, maps, scores, masks, kinds, defective, threshold):
+    maps, masks = np.stack(maps), np.stack(masks)
     neg = scores[~defective]
-    px = np.concatenate([m.ravel() for m in maps])
-    lab = np.concatenate([k.ravel() for k in masks])
-    per = []
-    for kind in sorted(set(kinds[defective])):
-        pick = (~defective) | (kinds == kind)
-        p = np.concatenate([maps[i].ravel() for i in np.flatnonzero(pick)])
-        l = np.concatenate([masks[i].ravel() for i in np.flatnonzero(pick)])
-        per.append(f"{kind.removeprefix('MT_')} {auroc(p[~l], p[l]):.3f}")
     print(
-        f"{name:28s} img {auroc(neg, scores[defective]):.3f}  px {auroc(px[~lab], px[lab]):.3f}  "
+        f"{name:28s} img {auroc(neg, scores[defective]):.3f}  px {auroc(maps[~masks], maps[masks]):.3f}  "
         f"aupro {aupro(maps, masks):.3f}  FA {(neg >= threshold).mean():.1%}  "
-        f"miss {(scores[defective] < threshold).mean():.1%} | {' '.join(per)}",
+        f"miss {(scores[defective] < threshold).mean():.1%} | {per_type_pixel_auroc(maps, masks, kinds, ~defective)}",
         flush=True,
     )
 

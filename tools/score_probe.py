@@ -23,12 +23,8 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).parent))
-from image_gaussian_probe import auroc  # noqa: E402
-from local_stats_probe import aupro  # noqa: E402
-
-
-def short(kind):
-    return kind[3:] if kind.startswith("MT_") else kind
+from image_gaussian_probe import auroc, image_row  # noqa: E402
+from local_stats_probe import aupro, per_type_pixel_auroc  # noqa: E402
 
 
 def where_pixels_are_lost(maps, masks, kinds, normal):
@@ -38,7 +34,7 @@ def where_pixels_are_lost(maps, masks, kinds, normal):
         pos = maps[own][masks[own]]
         groups = [("normal images", maps[normal].ravel()), ("own images", maps[own][~masks[own]]),
                   ("other types' images", maps[others][~masks[others]])]
-        print(f"  {short(kind):9s} " + "  ".join(f"vs {g}: {auroc(n[::7], pos[::7]):.3f}" for g, n in groups))
+        print(f"  {kind.removeprefix('MT_'):9s} " + "  ".join(f"vs {g}: {auroc(n[::7], pos[::7]):.3f}" for g, n in groups))
     print(f"  map level: normal images mean {maps[normal].mean():.2f}, "
           f"99th pct {np.quantile(maps[normal][:, ::4, ::4], 0.99):.2f}")
     for kind in sorted(set(kinds[~normal])):
@@ -49,7 +45,7 @@ def where_pixels_are_lost(maps, masks, kinds, normal):
             near.append(maps[i][(d > 0) & (d < 16)])
             far.append(maps[i][d >= 32])
         inside, near, far = (np.concatenate(v) for v in (inside, near, far))
-        print(f"  {short(kind):9s} inside {inside.mean():.2f}  near {near.mean():.2f}  far {far.mean():.2f} "
+        print(f"  {kind.removeprefix('MT_'):9s} inside {inside.mean():.2f}  near {near.mean():.2f}  far {far.mean():.2f} "
               f"(99th pct {np.quantile(far, 0.99):.2f})")
 
 
@@ -58,12 +54,8 @@ def term_in_the_map(maps, masks, kinds, normal, term):
     sub = (slice(None), slice(None, None, 4), slice(None, None, 4))
     for weight in (0.0, 0.25, 0.5, 1.0):
         m, k = (maps + weight * term[:, None, None])[sub], masks[sub]
-        per = []
-        for kind in sorted(set(kinds[~normal])):
-            pick = normal | (kinds == kind)
-            per.append(f"{short(kind)} {auroc(m[pick][~k[pick]], m[pick][k[pick]]):.3f}")
-        print(f"  weight {weight:4.2f}: pixel AUROC {auroc(m[~k], m[k]):.3f}  AUPRO {aupro(list(m), list(k)):.3f} | "
-              + " ".join(per))
+        print(f"  weight {weight:4.2f}: pixel AUROC {auroc(m[~k], m[k]):.3f}  AUPRO {aupro(m, k):.3f} | "
+              + per_type_pixel_auroc(m, k, kinds, normal))
 
 
 def fusion_rules(z, maps, kinds, normal, scores, peak, term):
@@ -72,13 +64,7 @@ def fusion_rules(z, maps, kinds, normal, scores, peak, term):
     vterm = z["val_scores"] - vpeak
 
     def show(name, test, val):
-        th = np.quantile(val, 0.99)
-        top = np.sort(test[normal])[::-1]
-        pos = test[~normal]
-        per = " ".join(f"{short(k)} {auroc(test[normal], test[kinds == k]):.3f}" for k in sorted(set(kinds[~normal])))
-        print(f"  {name:22s} image AUROC {auroc(test[normal], pos):.3f}  FA {(test[normal] >= th).mean():.1%} "
-              f"misses {(pos < th).mean():.1%}  at 2 / 4 test FA: {(pos <= top[2]).mean():.1%} / "
-              f"{(pos <= top[4]).mean():.1%} | {per}")
+        image_row("  " + name, test, normal, kinds, val)
 
     zp = lambda x: (x - vpeak.mean()) / vpeak.std()  # noqa: E731
     zt = lambda x: (x - vterm.mean()) / vterm.std()  # noqa: E731

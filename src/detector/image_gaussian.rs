@@ -42,17 +42,18 @@ pub fn statistics(levels: &[FeatureMap], which: GaussianStatistics) -> Vec<f32> 
     let mut out = Vec::with_capacity(dims(levels.iter().map(|f| f.channels), which));
     for f in levels {
         let n = (f.height * f.width) as f64;
-        let (mut stds, mut maxima) = (Vec::with_capacity(f.channels), Vec::with_capacity(f.channels));
-        for channel in f.data.chunks_exact(f.height * f.width) {
+        let channels = || f.data.chunks_exact(f.height * f.width);
+        let mut stds = Vec::with_capacity(f.channels);
+        for channel in channels() {
             let mean = channel.iter().map(|&v| v as f64).sum::<f64>() / n;
             let var = channel.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
             out.push(mean as f32);
             stds.push(var.sqrt() as f32);
-            maxima.push(channel.iter().copied().fold(f32::NEG_INFINITY, f32::max));
         }
         out.extend(stds);
+        // Only when modelled: this runs on every frame.
         if which == GaussianStatistics::MeanStdMax {
-            out.extend(maxima);
+            out.extend(channels().map(|c| c.iter().copied().fold(f32::NEG_INFINITY, f32::max)));
         }
     }
     out
