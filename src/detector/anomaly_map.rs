@@ -4,7 +4,7 @@
 //! 1. per pyramid level and student: `1 - cos(T, S)` over channels, `[C, h, w] x 2 -> [h, w]`;
 //! 2. bilinear upsample (half-pixel centres, like `align_corners=false`) to `[H, W]`;
 //! 3. fuse all level/student maps ([`Fusion`], default sum);
-//! 4. Gaussian blur, sigma 4, kernel `2*ceil(4 sigma)+1` taps (33), reflect borders;
+//! 4. Gaussian blur, sigma from the bundle (2 by default), kernel `2*ceil(4 sigma)+1` taps, reflect borders;
 //! 5. image score = max of the map (or the mean of its top-k values).
 //!
 //! The trainer computes its golden maps with these same functions, so serving and training
@@ -72,7 +72,7 @@ pub struct MapSettings {
 
 impl Default for MapSettings {
     fn default() -> Self {
-        Self { fusion: Fusion::Sum, sigma: 4.0, score: ScoreMode::Max, levels: Vec::new(), weights: Vec::new() }
+        Self { fusion: Fusion::Sum, sigma: 2.0, score: ScoreMode::Max, levels: Vec::new(), weights: Vec::new() }
     }
 }
 
