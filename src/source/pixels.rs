@@ -39,7 +39,16 @@ pub enum PixelError {
     OddHeight { width: u32, height: u32 },
     #[error("MJPEG frame does not decode: {0}")]
     Jpeg(String),
+    #[error("MJPEG frame declares {declared_w}x{declared_h} pixels, more than the camera's {width}x{height}")]
+    JpegLargerThanMode { declared_w: u32, declared_h: u32, width: u32, height: u32 },
+    #[error("JPEG frame declares {declared_w}x{declared_h} pixels, over the {MAX_JPEG_PIXELS}-pixel limit")]
+    JpegTooLarge { declared_w: u32, declared_h: u32 },
 }
+
+/// The most pixels a JPEG frame may declare where no camera mode bounds it (piped streams):
+/// 64 MP, above the ~50 MP of the largest line cameras. A JPEG of a few hundred bytes can
+/// declare 65535 x 65535 and then cost seconds of CPU and hundreds of MB to decode.
+pub const MAX_JPEG_PIXELS: u64 = 1 << 26;
 
 /// Converts one raw buffer of `width`×`height` pixels; `gray` asks for a one-channel image.
 pub fn to_image(
@@ -50,7 +59,7 @@ pub fn to_image(
     gray: bool,
 ) -> Result<DynamicImage, PixelError> {
     let img = match format {
-        PixelFormat::Mjpeg => decode_mjpeg(bytes)?,
+        PixelFormat::Mjpeg => decode_jpeg(bytes, Some((width, height)))?,
         PixelFormat::Gray => DynamicImage::ImageLuma8(gray_plane(format, width, height, bytes, 1, 1)?),
         PixelFormat::Yuyv if gray => DynamicImage::ImageLuma8(gray_plane(format, width, height, bytes, 2, 2)?),
         PixelFormat::Yuyv => DynamicImage::ImageRgb8(yuyv_to_rgb(width, height, bytes)?),
@@ -211,10 +220,18 @@ fn demosaic(format: PixelFormat, width: u32, height: u32, bytes: &[u8]) -> Resul
     Ok(RgbImage::from_raw(width, height, out).expect("length checked"))
 }
 
-/// Decodes one MJPEG frame. UVC cameras often leave out the Huffman tables (no DHT segment)
-/// and rely on the standard ones of JPEG Annex K, which the decoder does not assume: those
-/// frames get the standard tables put in front of their scan.
+/// Decodes one JPEG frame of a stream that no camera mode bounds (a pipe), up to
+/// [`MAX_JPEG_PIXELS`].
 pub fn decode_mjpeg(bytes: &[u8]) -> Result<DynamicImage, PixelError> {
+    decode_jpeg(bytes, None)
+}
+
+/// Decodes one (M)JPEG frame once its header's size is checked: within the camera's mode
+/// (`width` x `height`, rounded up to whole 16-pixel blocks, as some encoders pad) when there
+/// is one, else within [`MAX_JPEG_PIXELS`]. UVC cameras often leave out the Huffman tables (no
+/// DHT segment) and rely on the standard ones of JPEG Annex K, which the decoder does not
+/// assume: those frames get the standard tables put in front of their scan.
+fn decode_jpeg(bytes: &[u8], mode: Option<(u32, u32)>) -> Result<DynamicImage, PixelError> {
     let with_tables;
     let bytes = match scan_start_without_tables(bytes) {
         Some(sos) => {
@@ -223,7 +240,19 @@ pub fn decode_mjpeg(bytes: &[u8]) -> Result<DynamicImage, PixelError> {
         }
         None => bytes,
     };
-    image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg).map_err(|e| PixelError::Jpeg(e.to_string()))
+    let reader = || image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Jpeg);
+    let jpeg_error = |e: image::ImageError| PixelError::Jpeg(e.to_string());
+    let (declared_w, declared_h) = reader().into_dimensions().map_err(jpeg_error)?;
+    let whole_blocks = |n: u32| n.div_ceil(16).saturating_mul(16);
+    match mode {
+        Some((width, height)) if declared_w > whole_blocks(width) || declared_h > whole_blocks(height) => {
+            Err(PixelError::JpegLargerThanMode { declared_w, declared_h, width, height })
+        }
+        None if u64::from(declared_w) * u64::from(declared_h) > MAX_JPEG_PIXELS => {
+            Err(PixelError::JpegTooLarge { declared_w, declared_h })
+        }
+        _ => reader().decode().map_err(jpeg_error),
+    }
 }
 
 /// The offset of the start-of-scan marker when no DHT segment comes before it.
@@ -390,5 +419,30 @@ pub(crate) mod tests {
         }
         let gray = to_image(PixelFormat::Mjpeg, 32, 16, &full, true).unwrap();
         assert_eq!(gray.color(), image::ColorType::L8);
+    }
+
+    /// `jpeg` with the size in its frame header (SOF0) replaced, the rest untouched.
+    fn declaring(jpeg: &[u8], width: u16, height: u16) -> Vec<u8> {
+        let mut out = jpeg.to_vec();
+        let sof = out.windows(2).position(|w| w == [0xFF, 0xC0]).expect("a baseline JPEG");
+        out[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+        out[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn a_jpeg_declaring_more_pixels_than_it_may_is_refused_before_it_is_decoded() {
+        // Found by fuzzing: a 713-byte camera buffer declaring 60688 x 1288 pixels took 12 s
+        // and 230 MB to decode for a camera in a 16 x 8 mode.
+        let full = jpeg(&RgbImage::from_pixel(32, 16, image::Rgb([90, 120, 150])));
+        let e = to_image(PixelFormat::Mjpeg, 16, 8, &full, false).unwrap_err();
+        assert_eq!(e, PixelError::JpegLargerThanMode { declared_w: 32, declared_h: 16, width: 16, height: 8 });
+        assert!(e.to_string().contains("32x16") && e.to_string().contains("16x8"), "{e}");
+        // Within whole 16-pixel blocks of the mode: encoders that pad are still served.
+        assert_eq!(to_image(PixelFormat::Mjpeg, 30, 14, &full, false).unwrap().width(), 32);
+        // No mode (a piped stream): the pixel limit.
+        let bomb = declaring(&full, 65535, 65535);
+        assert!(matches!(decode_mjpeg(&bomb), Err(PixelError::JpegTooLarge { declared_w: 65535, declared_h: 65535 })));
+        assert_eq!(decode_mjpeg(&full).unwrap().height(), 16);
     }
 }
