@@ -143,10 +143,25 @@ pub fn load_image(path: &Path) -> Result<DynamicImage, PreprocessError> {
     decode_image(&bytes).map_err(decode_error)
 }
 
-/// Decodes an encoded image, its format told by its bytes, within the `image` crate's
-/// default limits (no single allocation over 512 MiB, whatever size a header claims).
+/// The most pixels an encoded image may declare: 64 MP, above the ~50 MP of the largest line
+/// cameras. A JPEG of a few hundred bytes can declare 65535 x 65535 pixels, and decoding it
+/// would cost seconds of CPU and hundreds of MB (found by fuzzing, docs/RELIABILITY.md).
+pub const MAX_DECODED_PIXELS: u64 = 1 << 26;
+
+/// Decodes an encoded image, its format told by its bytes, once the size its header declares
+/// is checked against [`MAX_DECODED_PIXELS`] (and within the `image` crate's default limits:
+/// no single allocation over 512 MiB).
 pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage, image::ImageError> {
-    image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?.decode()
+    let reader = || image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format();
+    let (width, height) = reader()?.into_dimensions()?;
+    if u64::from(width) * u64::from(height) > MAX_DECODED_PIXELS {
+        let why = format!("the image declares {width}x{height} pixels, over the {MAX_DECODED_PIXELS}-pixel limit");
+        return Err(image::ImageError::Decoding(image::error::DecodingError::new(
+            image::error::ImageFormatHint::Unknown,
+            why,
+        )));
+    }
+    reader()?.decode()
 }
 
 /// Resizes to the input size as RGB8 (bilinear); gray images become 3 equal channels.
@@ -212,6 +227,16 @@ fn channel_stats(rgb: &RgbImage) -> ([f32; 3], [f32; 3]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_declaring_over_the_pixel_limit_is_refused_before_it_is_decoded() {
+        // Found by fuzzing: a 665-byte JPEG declaring 1576 x 63233 pixels took 13 s to decode.
+        let small = crate::source::pixels::tests::jpeg(&image::RgbImage::from_pixel(16, 8, image::Rgb([9, 9, 9])));
+        assert_eq!(decode_image(&small).unwrap().width(), 16);
+        let bomb = crate::source::pixels::tests::declaring(&small, 1576, 63233);
+        let e = decode_image(&bomb).unwrap_err().to_string();
+        assert!(e.contains("1576x63233") && e.contains("limit"), "{e}");
+    }
 
     #[test]
     fn gray_becomes_three_equal_normalised_channels() {

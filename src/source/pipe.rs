@@ -129,12 +129,13 @@ pub fn next_frame(buf: &mut Vec<u8>, max: usize) -> Next {
 }
 
 /// JPEG frames go through the camera source's MJPEG decoder, which also takes frames without
-/// Huffman tables (an MJPEG camera's stream passed on by `ffmpeg -c:v copy`); PNM through `image`.
+/// Huffman tables (an MJPEG camera's stream passed on by `ffmpeg -c:v copy`); PNM as image
+/// files are. Both refuse a frame whose header declares over 64 MP before decoding it.
 pub fn decode(bytes: &[u8]) -> Result<image::DynamicImage, String> {
     if bytes.starts_with(&[0xFF, 0xD8]) {
         super::pixels::decode_mjpeg(bytes).map_err(|e| e.to_string())
     } else {
-        image::load_from_memory(bytes).map_err(|e| e.to_string())
+        crate::preprocess::decode_image(bytes).map_err(|e| e.to_string())
     }
 }
 

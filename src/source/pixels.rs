@@ -5,6 +5,7 @@
 //! an RGB or gray image; gray is cheaper (YUYV/NV12 → gray is just the Y plane) and the model
 //! sees gray as three equal channels anyway.
 
+use crate::preprocess::MAX_DECODED_PIXELS;
 use image::{DynamicImage, GrayImage, RgbImage};
 use serde::{Deserialize, Serialize};
 
@@ -41,14 +42,9 @@ pub enum PixelError {
     Jpeg(String),
     #[error("MJPEG frame declares {declared_w}x{declared_h} pixels, more than the camera's {width}x{height}")]
     JpegLargerThanMode { declared_w: u32, declared_h: u32, width: u32, height: u32 },
-    #[error("JPEG frame declares {declared_w}x{declared_h} pixels, over the {MAX_JPEG_PIXELS}-pixel limit")]
+    #[error("JPEG frame declares {declared_w}x{declared_h} pixels, over the {MAX_DECODED_PIXELS}-pixel limit")]
     JpegTooLarge { declared_w: u32, declared_h: u32 },
 }
-
-/// The most pixels a JPEG frame may declare where no camera mode bounds it (piped streams):
-/// 64 MP, above the ~50 MP of the largest line cameras. A JPEG of a few hundred bytes can
-/// declare 65535 x 65535 and then cost seconds of CPU and hundreds of MB to decode.
-pub const MAX_JPEG_PIXELS: u64 = 1 << 26;
 
 /// Converts one raw buffer of `width`×`height` pixels; `gray` asks for a one-channel image.
 pub fn to_image(
@@ -221,14 +217,14 @@ fn demosaic(format: PixelFormat, width: u32, height: u32, bytes: &[u8]) -> Resul
 }
 
 /// Decodes one JPEG frame of a stream that no camera mode bounds (a pipe), up to
-/// [`MAX_JPEG_PIXELS`].
+/// [`MAX_DECODED_PIXELS`].
 pub fn decode_mjpeg(bytes: &[u8]) -> Result<DynamicImage, PixelError> {
     decode_jpeg(bytes, None)
 }
 
 /// Decodes one (M)JPEG frame once its header's size is checked: within the camera's mode
 /// (`width` x `height`, rounded up to whole 16-pixel blocks, as some encoders pad) when there
-/// is one, else within [`MAX_JPEG_PIXELS`]. UVC cameras often leave out the Huffman tables (no
+/// is one, else within [`MAX_DECODED_PIXELS`]. UVC cameras often leave out the Huffman tables (no
 /// DHT segment) and rely on the standard ones of JPEG Annex K, which the decoder does not
 /// assume: those frames get the standard tables put in front of their scan.
 fn decode_jpeg(bytes: &[u8], mode: Option<(u32, u32)>) -> Result<DynamicImage, PixelError> {
@@ -248,7 +244,7 @@ fn decode_jpeg(bytes: &[u8], mode: Option<(u32, u32)>) -> Result<DynamicImage, P
         Some((width, height)) if declared_w > whole_blocks(width) || declared_h > whole_blocks(height) => {
             Err(PixelError::JpegLargerThanMode { declared_w, declared_h, width, height })
         }
-        None if u64::from(declared_w) * u64::from(declared_h) > MAX_JPEG_PIXELS => {
+        None if u64::from(declared_w) * u64::from(declared_h) > MAX_DECODED_PIXELS => {
             Err(PixelError::JpegTooLarge { declared_w, declared_h })
         }
         _ => reader().decode().map_err(jpeg_error),
@@ -422,7 +418,7 @@ pub(crate) mod tests {
     }
 
     /// `jpeg` with the size in its frame header (SOF0) replaced, the rest untouched.
-    fn declaring(jpeg: &[u8], width: u16, height: u16) -> Vec<u8> {
+    pub(crate) fn declaring(jpeg: &[u8], width: u16, height: u16) -> Vec<u8> {
         let mut out = jpeg.to_vec();
         let sof = out.windows(2).position(|w| w == [0xFF, 0xC0]).expect("a baseline JPEG");
         out[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
