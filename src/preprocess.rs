@@ -161,7 +161,20 @@ pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage, image::ImageError> {
             why,
         )));
     }
-    reader()?.decode()
+    guarded(|| reader()?.decode())
+}
+
+/// Runs a third-party decoder on untrusted bytes, a panic inside it becoming an error that
+/// costs this image only: `zune-jpeg` 0.5 (under `image`) multiplies with overflow on some
+/// malformed Huffman tables, a panic wherever overflow checks are on (found by fuzzing,
+/// docs/RELIABILITY.md).
+pub fn guarded<T>(decode: impl FnOnce() -> Result<T, image::ImageError>) -> Result<T, image::ImageError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|_| {
+        Err(image::ImageError::Decoding(image::error::DecodingError::new(
+            image::error::ImageFormatHint::Unknown,
+            "the decoder failed on malformed data (it panicked)",
+        )))
+    })
 }
 
 /// Resizes to the input size as RGB8 (bilinear); gray images become 3 equal channels.

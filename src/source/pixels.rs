@@ -247,7 +247,7 @@ fn decode_jpeg(bytes: &[u8], mode: Option<(u32, u32)>) -> Result<DynamicImage, P
         None if u64::from(declared_w) * u64::from(declared_h) > MAX_DECODED_PIXELS => {
             Err(PixelError::JpegTooLarge { declared_w, declared_h })
         }
-        _ => reader().decode().map_err(jpeg_error),
+        _ => crate::preprocess::guarded(|| reader().decode()).map_err(jpeg_error),
     }
 }
 
