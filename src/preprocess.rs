@@ -153,8 +153,8 @@ pub const MAX_DECODED_PIXELS: u64 = 1 << 26;
 /// no single allocation over 512 MiB).
 pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage, image::ImageError> {
     let reader = || image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format();
-    let (width, height) = reader()?.into_dimensions()?;
-    if u64::from(width) * u64::from(height) > MAX_DECODED_PIXELS {
+    let (width, height) = guarded(|| reader()?.into_dimensions())?;
+    if over_pixel_limit(width, height) {
         let why = format!("the image declares {width}x{height} pixels, over the {MAX_DECODED_PIXELS}-pixel limit");
         return Err(image::ImageError::Decoding(image::error::DecodingError::new(
             image::error::ImageFormatHint::Unknown,
@@ -162,6 +162,11 @@ pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage, image::ImageError> {
         )));
     }
     guarded(|| reader()?.decode())
+}
+
+/// Whether a header's `width` x `height` is over [`MAX_DECODED_PIXELS`].
+pub fn over_pixel_limit(width: u32, height: u32) -> bool {
+    u64::from(width) * u64::from(height) > MAX_DECODED_PIXELS
 }
 
 /// Runs a third-party decoder on untrusted bytes, a panic inside it becoming an error that

@@ -5,7 +5,7 @@
 //! an RGB or gray image; gray is cheaper (YUYV/NV12 → gray is just the Y plane) and the model
 //! sees gray as three equal channels anyway.
 
-use crate::preprocess::MAX_DECODED_PIXELS;
+use crate::preprocess::{MAX_DECODED_PIXELS, guarded, over_pixel_limit};
 use image::{DynamicImage, GrayImage, RgbImage};
 use serde::{Deserialize, Serialize};
 
@@ -238,16 +238,14 @@ fn decode_jpeg(bytes: &[u8], mode: Option<(u32, u32)>) -> Result<DynamicImage, P
     };
     let reader = || image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Jpeg);
     let jpeg_error = |e: image::ImageError| PixelError::Jpeg(e.to_string());
-    let (declared_w, declared_h) = reader().into_dimensions().map_err(jpeg_error)?;
+    let (declared_w, declared_h) = guarded(|| reader().into_dimensions()).map_err(jpeg_error)?;
     let whole_blocks = |n: u32| n.div_ceil(16).saturating_mul(16);
     match mode {
         Some((width, height)) if declared_w > whole_blocks(width) || declared_h > whole_blocks(height) => {
             Err(PixelError::JpegLargerThanMode { declared_w, declared_h, width, height })
         }
-        None if u64::from(declared_w) * u64::from(declared_h) > MAX_DECODED_PIXELS => {
-            Err(PixelError::JpegTooLarge { declared_w, declared_h })
-        }
-        _ => crate::preprocess::guarded(|| reader().decode()).map_err(jpeg_error),
+        None if over_pixel_limit(declared_w, declared_h) => Err(PixelError::JpegTooLarge { declared_w, declared_h }),
+        _ => guarded(|| reader().decode()).map_err(jpeg_error),
     }
 }
 
