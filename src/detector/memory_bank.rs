@@ -36,13 +36,20 @@ pub enum MemoryBankError {
 pub struct MemoryBank {
     /// 1-based teacher levels, finest first.
     pub levels: Vec<usize>,
-    /// `[rows, dims]` and each row's squared norm.
+    /// `[rows, dims]`.
     bank: Array2<f32>,
-    bank_sq: Vec<f32>,
+    /// `[rows, dims + 1]`: each row as `-2 b` then `|b|^2`, so that one matrix product with a
+    /// query `[q, 1]` gives `|b|^2 - 2 q.b` for every entry at once (see [`Self::distances`]).
+    augmented: Vec<f32>,
 }
 
-/// Positions whose distances are computed together (see [`MemoryBank::distances`]).
-const QUERY_BLOCK: usize = 64;
+/// Positions, and bank rows, whose products are computed together (see [`MemoryBank::nearest`]):
+/// a `[256, 512]` block of products (512 KB) stays in a core's L2 cache for the minimum, and a
+/// frame's 16x16 grid is one query block, so the bank rows are packed once per block. Measured
+/// on the bank's `[256 x 305] . [305 x 10000]` product: 16-21 ms against 41 ms for 64-position
+/// blocks through ndarray.
+const QUERY_BLOCK: usize = 256;
+const BANK_BLOCK: usize = 512;
 
 /// Tensor name inside the bank's safetensors file.
 const TENSOR: &str = "bank";
@@ -91,6 +98,55 @@ pub fn embed(levels: &[FeatureMap], chosen: &[usize]) -> (Array2<f32>, usize, us
 
 fn sq_norms(m: ArrayView2<f32>) -> Vec<f32> {
     m.axis_iter(Axis(0)).map(|r| r.dot(&r)).collect()
+}
+
+/// `out[i * n + j] = a_i . b_j` for the `m` rows `a_i` of `a` and the `n` rows `b_j` of `b`, each
+/// `k` values long (row-major): the `gemm` crate's kernels, chosen for the CPU at run time
+/// (AVX-512, AVX2+FMA, NEON), about twice the speed of ndarray's on the bank's products.
+fn row_products(a: &[f32], b: &[f32], k: usize, out: &mut [f32]) {
+    let (m, n) = (a.len() / k, b.len() / k);
+    assert!(a.len() == m * k && b.len() == n * k && out.len() == m * n, "row_products: shapes disagree");
+    // SAFETY: the lengths asserted above bound every element gemm reads or writes: `a` as an
+    // m x k matrix (row stride k), `b` as the k x n matrix whose column j is b's row j (column
+    // stride k), `out` as m x n (row stride n). gemm neither keeps the pointers nor reads `out`
+    // (read_dst = false).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// The smallest value, in 16 lanes (a plain fold is one long dependency chain the compiler
+/// cannot vectorise).
+fn min_of(values: &[f32]) -> f32 {
+    let mut lanes = [f32::INFINITY; 16];
+    let chunks = values.chunks_exact(16);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane = if *v < *lane { *v } else { *lane };
+        }
+    }
+    rest.iter().chain(&lanes).fold(f32::INFINITY, |m, v| m.min(*v))
 }
 
 /// Squared Euclidean distance, in eight independent lanes so the compiler vectorises it.
@@ -261,8 +317,12 @@ impl MemoryBank {
     }
 
     pub fn new(levels: Vec<usize>, bank: Array2<f32>) -> Self {
-        let bank_sq = sq_norms(bank.view());
-        Self { levels, bank, bank_sq }
+        let mut augmented = Vec::with_capacity(bank.nrows() * (bank.ncols() + 1));
+        for (row, sq) in bank.axis_iter(Axis(0)).zip(sq_norms(bank.view())) {
+            augmented.extend(row.iter().map(|v| -2.0 * v));
+            augmented.push(sq);
+        }
+        Self { levels, bank, augmented }
     }
 
     pub fn rows(&self) -> usize {
@@ -302,17 +362,26 @@ impl MemoryBank {
 
     /// Nearest-entry distances of `q`'s rows.
     fn nearest(&self, q: ArrayView2<f32>) -> Vec<f32> {
-        let mut out = Vec::with_capacity(q.nrows());
-        // A block of positions at a time: its `[block, rows]` products stay in cache for the
-        // minimum instead of a whole frame's going out to memory and back.
-        for block in q.axis_chunks_iter(Axis(0), QUERY_BLOCK) {
-            let cross = block.dot(&self.bank.t());
-            for (row, qq) in cross.axis_iter(Axis(0)).zip(sq_norms(block)) {
-                let best = row.iter().zip(&self.bank_sq).map(|(c, bb)| bb - 2.0 * c).fold(f32::INFINITY, f32::min);
-                out.push((qq + best).max(0.0).sqrt());
+        let k = self.dims() + 1;
+        // Each query with a trailing 1: its product with an augmented row is |b|^2 - 2 q.b.
+        let mut queries = Vec::with_capacity(q.nrows() * k);
+        for row in q.axis_iter(Axis(0)) {
+            queries.extend(row.iter());
+            queries.push(1.0);
+        }
+        let mut best = vec![f32::INFINITY; q.nrows()];
+        let mut products = vec![0.0; q.nrows().min(QUERY_BLOCK) * BANK_BLOCK];
+        for (block, block_best) in queries.chunks(QUERY_BLOCK * k).zip(best.chunks_mut(QUERY_BLOCK)) {
+            for entries in self.augmented.chunks(BANK_BLOCK * k) {
+                let n = entries.len() / k;
+                let products = &mut products[..block_best.len() * n];
+                row_products(block, entries, k, products);
+                for (b, row) in block_best.iter_mut().zip(products.chunks_exact(n)) {
+                    *b = b.min(min_of(row));
+                }
             }
         }
-        out
+        best.iter().zip(sq_norms(q)).map(|(b, qq)| (qq + b).max(0.0).sqrt()).collect()
     }
 
     /// [`Self::distances`] upsampled to `out_h x out_w` and blurred like the students' map.
@@ -558,5 +627,33 @@ mod tests {
         assert_eq!(back.distances(&[f(5.0)], 1).data, far.data);
         let err = MemoryBank::read(&path, vec![1], 3, 2).unwrap_err().to_string();
         assert!(err.contains("bank.safetensors") && err.contains("[3, 2]"), "{err}");
+    }
+
+    #[test]
+    fn nearest_entries_match_a_plain_search_across_block_edges() {
+        // More positions than a query block and more entries than a bank block, in odd sizes,
+        // so every edge of the blocked product is crossed.
+        let (positions, rows, dims) = (QUERY_BLOCK + 37, 2 * BANK_BLOCK + 21, 13);
+        let mut rng = Rng::new(5);
+        let bank = Array2::from_shape_fn((rows, dims), |_| rng.range(-2.0, 2.0));
+        let q = Array2::from_shape_fn((positions, dims), |_| rng.range(-2.0, 2.0));
+        let got = MemoryBank::new(vec![1], bank.clone()).nearest(q.view());
+        for (i, d) in got.iter().enumerate() {
+            let plain = bank
+                .axis_iter(Axis(0))
+                .map(|b| sq_dist(q.row(i).as_slice().unwrap(), b.as_slice().unwrap()))
+                .fold(f32::INFINITY, f32::min)
+                .sqrt();
+            assert!((d - plain).abs() < 1e-4 * plain.max(1.0), "position {i}: {d} against {plain}");
+        }
+    }
+
+    #[test]
+    fn min_of_finds_the_smallest_in_any_lane_and_the_tail() {
+        let mut v: Vec<f32> = (0..37).map(|i| 100.0 - i as f32 * 0.5).collect();
+        assert_eq!(min_of(&v), 82.0, "the tail");
+        v[5] = -3.0;
+        assert_eq!(min_of(&v), -3.0, "a lane");
+        assert_eq!(min_of(&[]), f32::INFINITY);
     }
 }
