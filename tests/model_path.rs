@@ -128,6 +128,9 @@ fn exported_maps_match_the_trainer_f32_and_int8() {
     let m = Bundle::open(&f.bundle).unwrap().manifest;
     assert!(m.calibration.threshold.is_finite() && m.calibration.threshold > 0.0);
     assert_eq!(m.bundle.training["int8"], "kept");
+    let int8 = m.graphs.int8.as_ref().unwrap();
+    assert_eq!(int8.teacher, m.graphs.f32.teacher, "the int8 set shares the f32 teacher");
+    assert!(int8.student_e.ends_with(".int8.onnx"), "{int8:?}");
     let gap: f32 = m.bundle.training["int8_verdict_gap"].parse().unwrap();
     assert!(gap <= bundle_writer::INT8_BOUND, "verdict gap {gap}");
 }
@@ -145,7 +148,8 @@ fn int8_missing_its_bound_leaves_a_usable_f32_bundle() {
     let m = bundle_writer::write_bundle(&kept, &opts).expect("bundle is written without int8");
     assert!(m.graphs.int8.is_none() && m.calibration.int8_threshold.is_none());
     assert!(m.bundle.training["int8"].starts_with("left out: int8 scores differ"), "{:?}", m.bundle.training);
-    assert!(!out.join("teacher.int8.onnx").exists());
+    assert!(!out.join("student_e.int8.onnx").exists());
+    assert!(out.join("teacher.onnx").exists(), "leaving int8 out keeps the f32 teacher it shared");
     let checks = dskd::verify::verify(&out).expect("f32-only bundle verifies");
     assert!(checks.iter().all(|c| c.precision == Precision::F32) && !checks.is_empty());
     let r = inspect(&out, Precision::F32, &f.data.join("test/good/000.png"));

@@ -56,16 +56,17 @@ fn export(t: &Trained, opts: &TrainOptions) -> Exported {
 }
 
 fn write_graphs(dir: &Path, g: &Exported, suffix: &str) -> Result<GraphSet> {
-    let write = |graph: &OnnxGraph, name: &str| -> Result<String> {
-        let file = format!("{name}{suffix}.onnx");
-        graph.write(&dir.join(&file)).with_context(|| format!("writing {}", dir.join(&file).display()))?;
-        Ok(file)
-    };
-    Ok(GraphSet {
-        teacher: write(&g.teacher, "teacher")?,
-        student_e: write(&g.student_e, "student_e")?,
-        student_d: g.student_d.as_ref().map(|d| write(d, "student_d")).transpose()?,
-    })
+    let teacher = write_graph(dir, &g.teacher, "teacher", suffix)?;
+    let student_e = write_graph(dir, &g.student_e, "student_e", suffix)?;
+    let student_d = g.student_d.as_ref().map(|d| write_graph(dir, d, "student_d", suffix)).transpose()?;
+    Ok(GraphSet { teacher, student_e, student_d })
+}
+
+/// Writes `<name><suffix>.onnx` into the bundle; returns the file name.
+fn write_graph(dir: &Path, graph: &OnnxGraph, name: &str, suffix: &str) -> Result<String> {
+    let file = format!("{name}{suffix}.onnx");
+    graph.write(&dir.join(&file)).with_context(|| format!("writing {}", dir.join(&file).display()))?;
+    Ok(file)
 }
 
 /// A manifest with everything but calibration, int8 graphs and hashes filled in.
@@ -431,16 +432,25 @@ fn write_int8(dir: &Path, t: &Trained, opts: &TrainOptions, g: &Exported, m: &mu
     let n = opts.calibration_images.clamp(1, t.data.train.len());
     let images: Vec<Vec<Vec<f32>>> =
         load_inputs(&t.data.train[..n], &t.spec, false)?.into_iter().map(|x| vec![x]).collect();
-    let (tr, _) = ranges(&dir.join(&m.graphs.f32.teacher), &g.teacher, &images)?;
     let (er, e_out) = ranges(&dir.join(&m.graphs.f32.student_e), &g.student_e, &images)?;
     let student_d = match (&g.student_d, &m.graphs.f32.student_d) {
-        (Some(graph), Some(file)) => Some(quantize::qdq(graph, &ranges(&dir.join(file), graph, &e_out)?.0)),
+        (Some(graph), Some(file)) => {
+            let q = quantize::qdq(graph, &ranges(&dir.join(file), graph, &e_out)?.0);
+            Some(write_graph(dir, &q, "student_d", ".int8")?)
+        }
         _ => None,
     };
-    let q =
-        Exported { teacher: quantize::qdq(&g.teacher, &tr), student_e: quantize::qdq(&g.student_e, &er), student_d };
-    m.graphs.int8 = Some(write_graphs(dir, &q, ".int8")?);
-    // int8 features need their own Gaussian (see `ImageGaussianSpec`).
+    // The int8 set keeps the f32 teacher. Quantized, it ran slower than f32 on both engines
+    // (docs/PERFORMANCE.md: its depthwise convolutions stay float while every quantize step is
+    // paid), and its features feed the memory bank and the image Gaussian unrounded this way.
+    let _ = std::fs::remove_file(dir.join("teacher.int8.onnx")); // an older export's, unused now
+    m.graphs.int8 = Some(GraphSet {
+        teacher: m.graphs.f32.teacher.clone(),
+        student_e: write_graph(dir, &quantize::qdq(&g.student_e, &er), "student_e", ".int8")?,
+        student_d,
+    });
+    // The int8 set needs its own Gaussian fit (see `ImageGaussianSpec`): the teacher statistics
+    // are the f32 ones, but the offset and scale follow the int8 students' map scores.
     let int8_fit =
         m.image_gaussian.is_some().then(|| fit_image_gaussian(dir, t, opts, m, Precision::Int8)).transpose()?;
     if let Some(g) = &mut m.image_gaussian {
@@ -460,8 +470,12 @@ pub fn verdict_gap(f32_scores: &[f32], f32_threshold: f32, int8_scores: &[f32], 
 /// Removes the int8 graphs from the bundle (files and manifest).
 fn drop_int8(dir: &Path, m: &mut Manifest) {
     if let Some(set) = m.graphs.int8.take() {
+        let f32_files = [Some(&m.graphs.f32.teacher), Some(&m.graphs.f32.student_e), m.graphs.f32.student_d.as_ref()];
         for file in std::iter::once(&set.teacher).chain([&set.student_e]).chain(set.student_d.as_ref()) {
-            let _ = std::fs::remove_file(dir.join(file));
+            // The int8 set shares the f32 teacher.
+            if !f32_files.contains(&Some(file)) {
+                let _ = std::fs::remove_file(dir.join(file));
+            }
         }
     }
     if let Some(fit) = m.image_gaussian.as_mut().and_then(|g| g.int8.take()) {

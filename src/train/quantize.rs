@@ -6,9 +6,11 @@
 //! - its input activation passed through `QuantizeLinear -> DequantizeLinear` with a uint8
 //!   per-tensor scale and zero point from the min/max the calibration images reached.
 //!
-//! This is the QDQ form: runtimes with integer kernels fuse the pairs into int8 convs; tract
-//! 0.23 on x86 executes it dequantized (slower than f32: docs/PERFORMANCE.md). A QLinearConv form
-//! is not written yet.
+//! This is the QDQ form: runtimes with integer kernels fuse the pairs into int8 convs
+//! (onnxruntime: the students 1.6-2x faster than f32 on this project's AVX-512 VNNI box); tract
+//! 0.23 executes it dequantized (slower than f32). tract's integer kernels are reached only
+//! through `ConvInteger` / `QLinearConv`; that form was measured and did not pay either
+//! (docs/PERFORMANCE.md, "int8"). The trainer quantizes the students only: the teacher stays f32.
 
 use std::collections::HashMap;
 
