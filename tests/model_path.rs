@@ -218,7 +218,14 @@ fn bundle_manifest_records_training() {
     assert!(m.graphs.int8.is_some() && m.graphs.f32.student_d.is_some());
     let steps: usize = m.bundle.training["steps"].parse().unwrap();
     assert_eq!(steps, fixture_steps(f), "80% of the images / batch 8 x epochs");
-    assert!(m.files.len() >= 6 + 4, "graphs and golden files are hashed");
+    let int8 = m.graphs.int8.as_ref().unwrap();
+    let mut files = vec![&m.graphs.f32.teacher, &m.graphs.f32.student_e, &int8.teacher, &int8.student_e];
+    files.extend(m.graphs.f32.student_d.iter().chain(&int8.student_d));
+    files.extend(m.golden.samples.iter().flat_map(|s| [&s.image, &s.map]));
+    for file in files {
+        assert!(m.files.contains_key(file), "{file} is hashed: {:?}", m.files.keys());
+    }
+    assert!(m.files.len() >= 5 + 4, "five graphs (the int8 set shares the teacher), two golden samples");
 }
 
 /// Random weights in torchvision's ResNet18 layout (the user brings real ones): every
