@@ -55,10 +55,11 @@ fn export(t: &Trained, opts: &TrainOptions) -> Exported {
     }
 }
 
-fn write_graphs(dir: &Path, g: &Exported, suffix: &str) -> Result<GraphSet> {
-    let teacher = write_graph(dir, &g.teacher, "teacher", suffix)?;
-    let student_e = write_graph(dir, &g.student_e, "student_e", suffix)?;
-    let student_d = g.student_d.as_ref().map(|d| write_graph(dir, d, "student_d", suffix)).transpose()?;
+/// Writes the f32 graphs (the int8 set is written by [`write_int8`]).
+fn write_f32_graphs(dir: &Path, g: &Exported) -> Result<GraphSet> {
+    let teacher = write_graph(dir, &g.teacher, "teacher", "")?;
+    let student_e = write_graph(dir, &g.student_e, "student_e", "")?;
+    let student_d = g.student_d.as_ref().map(|d| write_graph(dir, d, "student_d", "")).transpose()?;
     Ok(GraphSet { teacher, student_e, student_d })
 }
 
@@ -535,7 +536,7 @@ pub fn write_bundle(t: &Trained, opts: &TrainOptions) -> Result<Manifest> {
     let dir = opts.out.as_path();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let graphs = export(t, opts);
-    let f32_set = write_graphs(dir, &graphs, "")?;
+    let f32_set = write_f32_graphs(dir, &graphs)?;
     let mut m = draft_manifest(t, opts, f32_set)?;
     if opts.level_weights == LevelWeights::Spread {
         m.map.weights = level_weights(dir, t, &m)?;
