@@ -136,7 +136,9 @@ pub struct MemoryBankSpec {
 /// teacher statistics (every level's per-channel mean and standard deviation) to the
 /// training images'; `offset` and `scale` bring it to the map score's mean and spread on the
 /// held-out normals. Each precision has its own fit, from its own teacher graph's features
-/// (int8 features are offset from f32's by more than the Gaussian's normal spread).
+/// (int8 features are offset from f32's by more than the Gaussian's normal spread); an int8
+/// set that keeps the f32 teacher (every export since the teacher stays f32) names f32's file
+/// and has only its own `offset` and `scale`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageGaussianSpec {

@@ -635,14 +635,18 @@ fn a_half_scale_bank_is_exported_hashed_and_served_with_parity() {
 #[test]
 fn an_image_gaussian_is_exported_hashed_and_served_with_parity() {
     let dir = tempfile::tempdir().unwrap();
-    let (opts, m) = short_bundle(dir.path(), trainer::TrainOptions { image_gaussian: true, ..fixture().opts.clone() });
+    // The int8 set kept whatever its verdict gap (bound 1), so its Gaussian fit is exercised.
+    let opts = trainer::TrainOptions { image_gaussian: true, int8_bound: 1.0, ..fixture().opts.clone() };
+    let (opts, m) = short_bundle(dir.path(), opts);
     let spec = m.image_gaussian.clone().expect("manifest has the image Gaussian");
     assert_eq!(spec.dims, 2 * m.teacher.channels.iter().sum::<usize>());
     assert!(spec.f32.scale > 0.0 && spec.f32.offset > 0.0, "{spec:?}");
     assert!(m.files.contains_key(&spec.f32.file), "the Gaussian's file is hashed");
-    // int8 graphs bring their own fit (their features sit elsewhere); none without them.
-    assert_eq!(spec.int8.is_some(), m.graphs.int8.is_some(), "{spec:?}");
-    assert!(spec.int8.iter().all(|fit| m.files.contains_key(&fit.file) && fit.file != spec.f32.file));
+    // int8 graphs bring their own fusion (their map scores sit elsewhere); none without them.
+    // They keep the f32 teacher, so the Gaussian itself, and its file, are f32's.
+    assert!(m.graphs.int8.is_some() && spec.int8.is_some(), "{spec:?}");
+    assert!(spec.int8.iter().all(|fit| fit.file == spec.f32.file), "{spec:?}");
+    assert!(!opts.out.join("image_gaussian.int8.safetensors").exists(), "no second copy of the Gaussian");
 
     let with = Detector::load(&Bundle::open(&opts.out).unwrap(), Precision::F32).unwrap();
     let mut plain = Bundle::open(&opts.out).unwrap();

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use indicatif::ProgressBar;
 
 use super::export::{self, INPUT, LEVELS};
 use super::onnx::OnnxGraph;
@@ -22,7 +23,7 @@ use crate::bundle::{
 };
 use crate::calibrate::calibrate;
 use crate::detector::anomaly_map::{self, FeatureMap};
-use crate::detector::image_gaussian::{self, ImageGaussian};
+use crate::detector::image_gaussian::{self, Fusion, ImageGaussian};
 use crate::detector::memory_bank::{Divisor, FitOptions, Hybrid, MemoryBank};
 use crate::detector::{Detector, Precision, Probe, Timings};
 use crate::preprocess;
@@ -322,7 +323,8 @@ fn write_memory_bank(dir: &Path, t: &Trained, opts: &TrainOptions, m: &Manifest)
 /// `--image-gaussian`: the Gaussian of the training images' teacher statistics (every tile's,
 /// through tract's teacher graph of `precision`, as the daemon computes them), written to the
 /// bundle, and its fusion from the held-out normals' map scores and distances at the same
-/// precision (see [`ImageGaussian::fuse`]).
+/// precision (see [`ImageGaussian::fuse`]). An int8 set that keeps the f32 teacher sees the
+/// f32 statistics, so it shares f32's Gaussian and file, and only its fusion is its own.
 fn fit_image_gaussian(
     dir: &Path,
     t: &Trained,
@@ -333,16 +335,16 @@ fn fit_image_gaussian(
     // The map's own score: a detector without the Gaussian.
     let manifest = Manifest { image_gaussian: None, ..m.clone() };
     let detector = Detector::load(&Bundle { dir: dir.to_owned(), manifest }, precision)?;
-    let label = format!("image gaussian ({})", precision.name());
-    let bar = progress_bar((t.data.train.len() + t.data.val.len()) as u64, &label, opts.progress);
-    let mut samples = Vec::new();
-    for path in &t.data.train {
-        for input in preprocess::to_tiles(&preprocess::load_image(path)?, &t.spec) {
-            samples.push(image_gaussian::statistics(&detector.teacher_features(&input)?, opts.image_gaussian_stats));
+    let shared = shared_gaussian(m, precision);
+    let steps = if shared.is_some() { 0 } else { t.data.train.len() } + t.data.val.len();
+    let bar = progress_bar(steps as u64, &format!("image gaussian ({})", precision.name()), opts.progress);
+    let (gaussian, file) = match shared {
+        Some(spec) => {
+            let read = ImageGaussian::read(&dir.join(&spec.f32.file), spec.dims, spec.statistics, Fusion::default());
+            (read?, spec.f32.file.clone())
         }
-        bar.inc(1);
-    }
-    let gaussian = ImageGaussian::fit(&samples, opts.image_gaussian_stats)?;
+        None => (fit_statistics(&detector, t, opts, &bar)?, gaussian_file(precision).to_owned()),
+    };
     let (mut scores, mut distances) = (Vec::new(), Vec::new());
     for path in &t.data.val {
         let img = preprocess::load_image(path)?;
@@ -356,12 +358,36 @@ fn fit_image_gaussian(
     }
     bar.finish_and_clear();
     let gaussian = gaussian.with_fusion(&scores, &distances);
-    let file = match precision {
+    if shared.is_none() {
+        gaussian.write(&dir.join(&file))?;
+    }
+    Ok(GaussianFit { file, offset: gaussian.fusion.offset, scale: gaussian.fusion.scale })
+}
+
+/// The f32 Gaussian, when `precision`'s teacher graph is f32's (the int8 set's since it keeps
+/// the f32 teacher): the same features give the same statistics.
+fn shared_gaussian(m: &Manifest, precision: Precision) -> Option<&ImageGaussianSpec> {
+    let int8 = m.graphs.int8.as_ref()?;
+    (precision == Precision::Int8 && int8.teacher == m.graphs.f32.teacher).then_some(m.image_gaussian.as_ref()?)
+}
+
+/// The Gaussian of the training images' teacher statistics, every tile's.
+fn fit_statistics(detector: &Detector, t: &Trained, opts: &TrainOptions, bar: &ProgressBar) -> Result<ImageGaussian> {
+    let mut samples = Vec::new();
+    for path in &t.data.train {
+        for input in preprocess::to_tiles(&preprocess::load_image(path)?, &t.spec) {
+            samples.push(image_gaussian::statistics(&detector.teacher_features(&input)?, opts.image_gaussian_stats));
+        }
+        bar.inc(1);
+    }
+    Ok(ImageGaussian::fit(&samples, opts.image_gaussian_stats)?)
+}
+
+fn gaussian_file(precision: Precision) -> &'static str {
+    match precision {
         Precision::F32 => "image_gaussian.safetensors",
         Precision::Int8 => "image_gaussian.int8.safetensors",
-    };
-    gaussian.write(&dir.join(file))?;
-    Ok(GaussianFit { file: file.into(), offset: gaussian.fusion.offset, scale: gaussian.fusion.scale })
+    }
 }
 
 /// The half-scale teacher's graph, written to the bundle; its file name.
@@ -450,8 +476,9 @@ fn write_int8(dir: &Path, t: &Trained, opts: &TrainOptions, g: &Exported, m: &mu
         student_e: write_graph(dir, &quantize::qdq(&g.student_e, &er), "student_e", ".int8")?,
         student_d,
     });
-    // The int8 set needs its own Gaussian fit (see `ImageGaussianSpec`): the teacher statistics
-    // are the f32 ones, but the offset and scale follow the int8 students' map scores.
+    // The int8 set needs its own Gaussian fusion (see `ImageGaussianSpec`): the teacher
+    // statistics, and so the Gaussian's file, are the f32 ones, but the offset and scale follow
+    // the int8 students' map scores.
     let int8_fit =
         m.image_gaussian.is_some().then(|| fit_image_gaussian(dir, t, opts, m, Precision::Int8)).transpose()?;
     if let Some(g) = &mut m.image_gaussian {
@@ -479,7 +506,10 @@ fn drop_int8(dir: &Path, m: &mut Manifest) {
             }
         }
     }
-    if let Some(fit) = m.image_gaussian.as_mut().and_then(|g| g.int8.take()) {
+    if let Some(g) = m.image_gaussian.as_mut()
+        && let Some(fit) = g.int8.take()
+        && fit.file != g.f32.file
+    {
         let _ = std::fs::remove_file(dir.join(fit.file));
     }
     m.calibration.int8_threshold = None;
