@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::detector::Layout;
 pub use crate::source::pixels::PixelFormat;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -247,6 +248,10 @@ pub struct DetectorConfig {
     /// With `engine = "onnxruntime"`: the `libonnxruntime.so` to load. Empty: `$ORT_DYLIB_PATH`,
     /// then `lib/` beside the binary, the binary's folder, `/usr/lib/dskd/`.
     pub onnxruntime_library: Option<PathBuf>,
+    /// With `engine = "tract"`: how its plans lay out the convolutions, `channels-first` (as
+    /// the ONNX files are) or `channels-last` (tract's NHWC rewrite, for ARM boards where its
+    /// channel-last depthwise kernel may pay: measure with `dskd bench --channels-last`).
+    pub tract_layout: Layout,
 }
 
 /// The engines a config may name.
@@ -262,7 +267,7 @@ impl DetectorConfig {
     /// The engine to load the bundle's graphs on.
     pub fn engine(&self) -> crate::detector::Engine {
         match self.engine {
-            EngineName::Tract => crate::detector::Engine::default(),
+            EngineName::Tract => crate::detector::Engine::Tract { layout: self.tract_layout },
             EngineName::Onnxruntime => {
                 crate::detector::Engine::Onnxruntime { library: self.onnxruntime_library.clone() }
             }
@@ -278,6 +283,7 @@ impl Default for DetectorConfig {
             trusted_keys: Vec::new(),
             engine: EngineName::Tract,
             onnxruntime_library: None,
+            tract_layout: Layout::ChannelsFirst,
         }
     }
 }
@@ -608,5 +614,16 @@ mod tests {
         assert_eq!(Config::load(None, &[]).unwrap().detector.engine().name(), "tract");
         let e = Config::load(None, &[set("detector.engine", "openvino")]).unwrap_err();
         assert!(format!("{e:#}").contains("openvino"), "{e:#}");
+    }
+
+    #[test]
+    fn tract_layout_is_chosen_by_name_and_a_wrong_one_is_named() {
+        use crate::detector::Engine;
+        let set = |v: &str| [("detector.tract_layout".to_string(), v.to_string())];
+        assert_eq!(Config::load(None, &[]).unwrap().detector.engine(), Engine::Tract { layout: Layout::ChannelsFirst });
+        let c = Config::load(None, &set("channels-last")).unwrap();
+        assert_eq!(c.detector.engine(), Engine::Tract { layout: Layout::ChannelsLast });
+        let e = Config::load(None, &set("nhwc")).unwrap_err();
+        assert!(format!("{e:#}").contains("nhwc"), "{e:#}");
     }
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use dskd::bundle::Bundle;
-use dskd::detector::{Detector, Precision};
+use dskd::detector::{Detector, Engine, Layout, Precision};
 use dskd::verify::VerifyError;
 use dskd::{overlay, preprocess, synth};
 
@@ -39,6 +39,10 @@ enum Command {
         /// built with the `onnxruntime` feature; library from $ORT_DYLIB_PATH or beside the binary).
         #[arg(long, value_delimiter = ',', default_value = "tract", value_parser = dskd::detector::Engine::NAMES)]
         engine: Vec<String>,
+        /// Check tract with its convolutions channel-last (as `[detector] tract_layout =
+        /// "channels-last"` runs them).
+        #[arg(long)]
+        channels_last: bool,
         /// A public key (hex, or a `.pub` file) the bundle must be signed by; repeatable.
         #[arg(long = "trusted-key", value_name = "KEY")]
         trusted_keys: Vec<String>,
@@ -272,10 +276,15 @@ fn review(action: &ReviewAction) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(dir: &Path, engines: &[String]) -> Result<ExitCode> {
+fn verify(dir: &Path, engines: &[String], layout: Layout) -> Result<ExitCode> {
     let mut total = 0;
+    let mut names = Vec::new();
     for name in engines {
-        let engine = dskd::detector::Engine::parse(name).expect("clap checked the name");
+        let mut engine = dskd::detector::Engine::parse(name).expect("clap checked the name");
+        if let Engine::Tract { layout: l } = &mut engine {
+            *l = layout;
+        }
+        names.push(engine.describe());
         match dskd::verify::verify_on(dir, &engine) {
             Ok(checks) => {
                 for c in &checks {
@@ -290,7 +299,7 @@ fn verify(dir: &Path, engines: &[String]) -> Result<ExitCode> {
             Err(e) => return Err(e).with_context(|| format!("verifying {} on {name}", dir.display())),
         }
     }
-    println!("ok: {} verified ({total} golden checks on {})", dir.display(), engines.join(", "));
+    println!("ok: {} verified ({total} golden checks on {})", dir.display(), names.join(", "));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -405,13 +414,14 @@ fn run_daemon(config: Option<&Path>, overrides: &[String]) -> Result<ExitCode> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run { config, overrides } => run_daemon(config.as_deref(), &overrides),
-        Command::Verify { bundle, engine, trusted_keys } => {
+        Command::Verify { bundle, engine, channels_last, trusted_keys } => {
             if !trusted_keys.is_empty() {
                 let keys = dskd::signing::trusted_keys(&trusted_keys)?;
                 dskd::signing::verify(&bundle, &keys)?;
                 println!("ok: {} is signed by a trusted key", bundle.display());
             }
-            verify(&bundle, &engine)
+            let layout = if channels_last { Layout::ChannelsLast } else { Layout::ChannelsFirst };
+            verify(&bundle, &engine, layout)
         }
         Command::Keygen { key } => {
             let public = dskd::signing::generate(&key)?;

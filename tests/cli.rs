@@ -57,6 +57,14 @@ fn demo_bundle_verifies() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("verified"));
 }
 
+/// tract's NHWC plans (`[detector] tract_layout = "channels-last"`) reproduce the golden maps.
+#[test]
+fn demo_bundle_verifies_channels_last() {
+    let o = dskd(&["verify", "models/demo", "--channels-last"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("golden checks on tract (channels-last)"));
+}
+
 #[test]
 fn missing_onnx_is_named() {
     let (_d, b) = demo_copy();

@@ -52,6 +52,14 @@ impl Engine {
         }
     }
 
+    /// The name with the settings that change how it runs: `tract (channels-last)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Engine::Tract { layout: Layout::ChannelsLast } => format!("tract ({})", Layout::ChannelsLast.name()),
+            _ => self.name().to_owned(),
+        }
+    }
+
     /// The engine called `name`, with default settings.
     pub fn parse(name: &str) -> Option<Self> {
         match name {

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use tract_onnx::prelude::*;
 
 use super::{GraphRunner, Output};
@@ -10,17 +11,29 @@ use crate::detector::DetectorError;
 
 pub type Plan = Arc<TypedRunnableModel>;
 
-/// How tract lays out the convolutions' activations inside a plan.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How tract lays out the convolutions' activations inside a plan (`[detector] tract_layout`,
+/// `dskd bench --channels-last`, `dskd verify --channels-last`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Layout {
     /// As the ONNX files have them (NCHW): the default.
     #[default]
     ChannelsFirst,
-    /// Rewritten to NHWC by tract's `conv_nhwc` transform (`dskd bench --channels-last`). A
-    /// lever to measure: on x86 tract 0.23.9 vectorises depthwise convolutions only in the
-    /// channels-first layout, so it bought nothing there (docs/PERFORMANCE.md); aarch64 is
-    /// where tract has a channel-last depthwise kernel.
+    /// Rewritten to NHWC by tract's `conv_nhwc` transform. A lever for ARM boards: on x86
+    /// tract 0.23.9 vectorises depthwise convolutions only in the channels-first layout, so it
+    /// bought nothing there (docs/PERFORMANCE.md); aarch64 is where tract has a channel-last
+    /// depthwise kernel, the one that handles stride 2.
     ChannelsLast,
+}
+
+impl Layout {
+    /// As config files and reports spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::ChannelsFirst => "channels-first",
+            Layout::ChannelsLast => "channels-last",
+        }
+    }
 }
 
 /// One graph as a tract plan, with its pinned input shapes.
