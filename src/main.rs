@@ -280,7 +280,7 @@ fn verify(dir: &Path, engines: &[String], layout: Layout) -> Result<ExitCode> {
     let mut total = 0;
     let mut names = Vec::new();
     for name in engines {
-        let mut engine = dskd::detector::Engine::parse(name).expect("clap checked the name");
+        let mut engine = Engine::parse(name).expect("clap checked the name");
         if let Engine::Tract { layout: l } = &mut engine {
             *l = layout;
         }
