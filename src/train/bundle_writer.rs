@@ -321,10 +321,11 @@ fn write_memory_bank(dir: &Path, t: &Trained, opts: &TrainOptions, m: &Manifest)
 }
 
 /// `--image-gaussian`: the Gaussian of the training images' teacher statistics (every tile's,
-/// through tract's teacher graph of `precision`, as the daemon computes them), written to the
-/// bundle, and its fusion from the held-out normals' map scores and distances at the same
-/// precision (see [`ImageGaussian::fuse`]). An int8 set that keeps the f32 teacher sees the
-/// f32 statistics, so it shares f32's Gaussian and file, and only its fusion is its own.
+/// through tract's f32 teacher graph, as the daemon computes them), written to the bundle,
+/// and its fusion from the held-out normals' map scores and distances at `precision` (see
+/// [`ImageGaussian::fuse`]). The int8 set keeps the f32 teacher (see `write_int8`), so it sees
+/// the same statistics: it reads f32's Gaussian, names f32's file, and only its fusion is its
+/// own.
 fn fit_image_gaussian(
     dir: &Path,
     t: &Trained,
@@ -335,15 +336,19 @@ fn fit_image_gaussian(
     // The map's own score: a detector without the Gaussian.
     let manifest = Manifest { image_gaussian: None, ..m.clone() };
     let detector = Detector::load(&Bundle { dir: dir.to_owned(), manifest }, precision)?;
-    let shared = shared_gaussian(m, precision);
-    let steps = if shared.is_some() { 0 } else { t.data.train.len() } + t.data.val.len();
-    let bar = progress_bar(steps as u64, &format!("image gaussian ({})", precision.name()), opts.progress);
-    let (gaussian, file) = match shared {
-        Some(spec) => {
+    let fits = if precision == Precision::F32 { t.data.train.len() } else { 0 };
+    let bar = progress_bar(
+        (fits + t.data.val.len()) as u64,
+        &format!("image gaussian ({})", precision.name()),
+        opts.progress,
+    );
+    let (gaussian, file) = match precision {
+        Precision::F32 => (fit_statistics(&detector, t, opts, &bar)?, "image_gaussian.safetensors".to_owned()),
+        Precision::Int8 => {
+            let spec = m.image_gaussian.as_ref().context("the int8 fusion needs the f32 image Gaussian")?;
             let read = ImageGaussian::read(&dir.join(&spec.f32.file), spec.dims, spec.statistics, Fusion::default());
             (read?, spec.f32.file.clone())
         }
-        None => (fit_statistics(&detector, t, opts, &bar)?, gaussian_file(precision).to_owned()),
     };
     let (mut scores, mut distances) = (Vec::new(), Vec::new());
     for path in &t.data.val {
@@ -358,17 +363,10 @@ fn fit_image_gaussian(
     }
     bar.finish_and_clear();
     let gaussian = gaussian.with_fusion(&scores, &distances);
-    if shared.is_none() {
+    if precision == Precision::F32 {
         gaussian.write(&dir.join(&file))?;
     }
     Ok(GaussianFit { file, offset: gaussian.fusion.offset, scale: gaussian.fusion.scale })
-}
-
-/// The f32 Gaussian, when `precision`'s teacher graph is f32's (the int8 set's since it keeps
-/// the f32 teacher): the same features give the same statistics.
-fn shared_gaussian(m: &Manifest, precision: Precision) -> Option<&ImageGaussianSpec> {
-    let int8 = m.graphs.int8.as_ref()?;
-    (precision == Precision::Int8 && int8.teacher == m.graphs.f32.teacher).then_some(m.image_gaussian.as_ref()?)
 }
 
 /// The Gaussian of the training images' teacher statistics, every tile's.
@@ -381,13 +379,6 @@ fn fit_statistics(detector: &Detector, t: &Trained, opts: &TrainOptions, bar: &P
         bar.inc(1);
     }
     Ok(ImageGaussian::fit(&samples, opts.image_gaussian_stats)?)
-}
-
-fn gaussian_file(precision: Precision) -> &'static str {
-    match precision {
-        Precision::F32 => "image_gaussian.safetensors",
-        Precision::Int8 => "image_gaussian.int8.safetensors",
-    }
 }
 
 /// The half-scale teacher's graph, written to the bundle; its file name.
@@ -506,11 +497,9 @@ fn drop_int8(dir: &Path, m: &mut Manifest) {
             }
         }
     }
-    if let Some(g) = m.image_gaussian.as_mut()
-        && let Some(fit) = g.int8.take()
-        && fit.file != g.f32.file
-    {
-        let _ = std::fs::remove_file(dir.join(fit.file));
+    // The int8 fit names f32's Gaussian file (see `fit_image_gaussian`): only the fit goes.
+    if let Some(g) = m.image_gaussian.as_mut() {
+        g.int8 = None;
     }
     m.calibration.int8_threshold = None;
     m.calibration.int8_pixel_threshold = None;
