@@ -253,11 +253,7 @@ pub fn run(o: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<Report> {
     };
     for &p in Precision::of(&b.manifest) {
         let name = p.name().to_string();
-        let layout = if o.channels_last { Layout::ChannelsLast } else { Layout::ChannelsFirst };
-        let engine = match &o.engine {
-            Engine::Tract { .. } => Engine::Tract { layout },
-            other => other.clone(),
-        };
+        let engine = o.engine.clone().with_tract_layout(Layout::from_channels_last(o.channels_last));
         let mut det = Detector::load_with(&b, p, &engine)?;
         for threads in [1, 2] {
             progress(&format!("latency {name}, {threads} thread(s)"));

@@ -280,10 +280,7 @@ fn verify(dir: &Path, engines: &[String], layout: Layout) -> Result<ExitCode> {
     let mut total = 0;
     let mut names = Vec::new();
     for name in engines {
-        let mut engine = Engine::parse(name).expect("clap checked the name");
-        if let Engine::Tract { layout: l } = &mut engine {
-            *l = layout;
-        }
+        let engine = Engine::parse(name).expect("clap checked the name").with_tract_layout(layout);
         names.push(engine.describe());
         match dskd::verify::verify_on(dir, &engine) {
             Ok(checks) => {
@@ -420,8 +417,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 dskd::signing::verify(&bundle, &keys)?;
                 println!("ok: {} is signed by a trusted key", bundle.display());
             }
-            let layout = if channels_last { Layout::ChannelsLast } else { Layout::ChannelsFirst };
-            verify(&bundle, &engine, layout)
+            verify(&bundle, &engine, Layout::from_channels_last(channels_last))
         }
         Command::Keygen { key } => {
             let public = dskd::signing::generate(&key)?;

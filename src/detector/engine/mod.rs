@@ -52,6 +52,14 @@ impl Engine {
         }
     }
 
+    /// This engine with tract's plans laid out as `layout` (other engines have no layout).
+    pub fn with_tract_layout(self, layout: Layout) -> Self {
+        match self {
+            Engine::Tract { .. } => Engine::Tract { layout },
+            other => other,
+        }
+    }
+
     /// The name with the settings that change how it runs: `tract (channels-last)`.
     pub fn describe(&self) -> String {
         match self {

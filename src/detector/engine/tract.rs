@@ -27,6 +27,11 @@ pub enum Layout {
 }
 
 impl Layout {
+    /// The layout a `--channels-last` flag asks for.
+    pub fn from_channels_last(channels_last: bool) -> Self {
+        if channels_last { Layout::ChannelsLast } else { Layout::ChannelsFirst }
+    }
+
     /// As config files and reports spell it.
     pub fn name(self) -> &'static str {
         match self {
